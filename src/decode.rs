@@ -1,0 +1,352 @@
+//! Decoded row groups: Arrow record batches turned into row-major `f32` blocks.
+//!
+//! Arrow hands over one array per column. The trainer wants rows: a mini-batch is a run of rows
+//! drawn from anywhere in the shuffle buffer, and the gradient kernel walks a row at a time. So
+//! each record batch is transposed once, here, on a decode worker, into a [`Block`] whose `x`
+//! holds `rows × d` features in row order and whose `y` holds the target. Every Arrow number
+//! type is converted to `f32`; a fixed-size list column spreads over `width` adjacent features.
+//!
+//! Validity is checked here too, so that a null, NaN or infinity is reported with the shard, row
+//! group, column and row where it sits, or dropped with its row under `--on-invalid skip`.
+
+use std::path::Path;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::*;
+use arrow_array::{Array, ArrayRef, BooleanArray, RecordBatch};
+use arrow_schema::DataType;
+use serde::{Deserialize, Serialize};
+
+use crate::dataset::ColumnPlan;
+use crate::error::{Error, InvalidKind, Result};
+
+/// What to do with a row that holds a null, NaN or infinity in a chosen column.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnInvalid {
+    /// Stop with an error that names the shard, row group, column and row.
+    #[default]
+    Error,
+    /// Drop the row and count it.
+    Skip,
+}
+
+/// An affine map applied to every feature as it is decoded: `x' = (x - shift) * scale`.
+/// Standardisation uses it, so that workers rather than the trainer pay for it.
+#[derive(Clone, Debug)]
+pub struct Affine {
+    pub shift: Vec<f32>,
+    pub scale: Vec<f32>,
+}
+
+/// Rows decoded from part of one row group.
+#[derive(Debug, Default)]
+pub struct Block {
+    /// Position of the row group in the epoch's order.
+    pub seq: usize,
+    /// Number of rows held.
+    pub rows: usize,
+    /// Features, `rows × d`, row after row.
+    pub x: Vec<f32>,
+    /// Target values, one per row; empty when the plan has no target.
+    pub y: Vec<f32>,
+    /// Rows dropped for invalid values.
+    pub skipped: usize,
+    /// The kept columns (`predict --keep`), filtered like the rows.
+    pub passthrough: Option<RecordBatch>,
+}
+
+/// Converts record batches of one shard into blocks.
+pub(crate) struct Decoder<'a> {
+    pub plan: &'a ColumnPlan,
+    pub on_invalid: OnInvalid,
+    pub transform: Option<&'a Affine>,
+    pub path: &'a Path,
+    pub row_group: usize,
+}
+
+impl Decoder<'_> {
+    /// Fills `block` from `batch`, whose first row is row `first_row` of the row group.
+    pub fn decode(&self, batch: &RecordBatch, first_row: usize, block: &mut Block) -> Result<()> {
+        let plan = self.plan;
+        let rows = batch.num_rows();
+        let d = plan.d;
+        block.rows = rows;
+        block.skipped = 0;
+        block.x.clear();
+        block.x.resize(rows * d, 0.0);
+        block.y.clear();
+        let mut bad: Vec<bool> = Vec::new();
+
+        for (col, &offset) in plan.features.iter().zip(&plan.offsets) {
+            let array = self.column(batch, &col.name)?;
+            self.check_nulls(array, &col.name, first_row, col.width, &mut bad)?;
+            write_feature(array, &mut block.x, d, offset, col.width);
+        }
+        if let Some(target) = &plan.target {
+            let array = self.column(batch, target)?;
+            self.check_nulls(array, target, first_row, 1, &mut bad)?;
+            block.y.resize(rows, 0.0);
+            write_feature(array, &mut block.y, 1, 0, 1);
+        }
+        self.check_finite(block, first_row, &mut bad)?;
+
+        block.passthrough = if plan.keep.is_empty() {
+            None
+        } else {
+            let columns: Vec<ArrayRef> =
+                plan.keep.iter().map(|k| self.column(batch, k).cloned()).collect::<Result<_>>()?;
+            let keep = RecordBatch::try_new(keep_schema(batch, &plan.keep), columns)
+                .map_err(|e| self.decode_error(&plan.keep.join(", "), e))?;
+            Some(keep)
+        };
+        if !bad.is_empty() {
+            self.drop_rows(block, &bad)?;
+        }
+        if let Some(affine) = self.transform {
+            for row in block.x.chunks_exact_mut(d) {
+                for ((v, s), k) in row.iter_mut().zip(&affine.shift).zip(&affine.scale) {
+                    *v = (*v - s) * k;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn column<'b>(&self, batch: &'b RecordBatch, name: &str) -> Result<&'b ArrayRef> {
+        batch.column_by_name(name).ok_or_else(|| Error::MissingColumn {
+            path: self.path.to_path_buf(),
+            column: name.to_string(),
+            available: batch
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+    }
+
+    fn decode_error(
+        &self,
+        columns: &str,
+        e: impl std::error::Error + Send + Sync + 'static,
+    ) -> Error {
+        Error::Decode {
+            path: self.path.to_path_buf(),
+            row_group: self.row_group,
+            columns: columns.to_string(),
+            source: Box::new(e),
+        }
+    }
+
+    /// Reports, or marks for dropping, rows where `array` (or a list's values) is null.
+    fn check_nulls(
+        &self,
+        array: &ArrayRef,
+        name: &str,
+        first_row: usize,
+        width: usize,
+        bad: &mut Vec<bool>,
+    ) -> Result<()> {
+        let rows = array.len();
+        let mut null_rows: Vec<usize> = Vec::new();
+        if array.null_count() > 0 {
+            null_rows.extend((0..rows).filter(|&r| array.is_null(r)));
+        }
+        if let DataType::FixedSizeList(..) = array.data_type() {
+            let list = array.as_fixed_size_list();
+            let values = list.values();
+            if values.null_count() > 0 {
+                let start = list.value_offset_at(0);
+                for r in 0..rows {
+                    if (0..width).any(|k| values.is_null(start + r * width + k)) {
+                        null_rows.push(r);
+                    }
+                }
+            }
+        }
+        if null_rows.is_empty() {
+            return Ok(());
+        }
+        match self.on_invalid {
+            OnInvalid::Error => {
+                let row = first_row + null_rows.iter().min().copied().unwrap_or(0);
+                Err(self.invalid(name, InvalidKind::Null, row))
+            }
+            OnInvalid::Skip => {
+                bad.resize(rows, false);
+                for r in null_rows {
+                    bad[r] = true;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Reports, or marks for dropping, rows holding NaN or an infinity.
+    fn check_finite(&self, block: &Block, first_row: usize, bad: &mut Vec<bool>) -> Result<()> {
+        let finite = |v: &f32| v.is_finite();
+        if block.x.iter().all(finite) && block.y.iter().all(finite) {
+            return Ok(());
+        }
+        let d = self.plan.d;
+        for r in 0..block.rows {
+            if bad.get(r).copied().unwrap_or(false) {
+                continue;
+            }
+            let row = &block.x[r * d..(r + 1) * d];
+            let found = match row.iter().position(|v| !v.is_finite()) {
+                Some(i) => Some((self.feature_column_of(i), row[i])),
+                None => match block.y.get(r) {
+                    Some(v) if !v.is_finite() => {
+                        Some((self.plan.target.clone().unwrap_or_default(), *v))
+                    }
+                    _ => None,
+                },
+            };
+            let Some((column, value)) = found else { continue };
+            match self.on_invalid {
+                OnInvalid::Error => {
+                    let kind =
+                        if value.is_nan() { InvalidKind::NaN } else { InvalidKind::Infinite };
+                    return Err(self.invalid(&column, kind, first_row + r));
+                }
+                OnInvalid::Skip => {
+                    bad.resize(block.rows, false);
+                    bad[r] = true;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn feature_column_of(&self, feature: usize) -> String {
+        let plan = self.plan;
+        let i = plan.offsets.partition_point(|&o| o <= feature) - 1;
+        plan.features[i].name.clone()
+    }
+
+    fn invalid(&self, column: &str, kind: InvalidKind, row: usize) -> Error {
+        Error::InvalidValue {
+            path: self.path.to_path_buf(),
+            row_group: self.row_group,
+            column: column.to_string(),
+            kind,
+            row,
+        }
+    }
+
+    /// Removes the rows marked in `bad`, keeping the others in order.
+    fn drop_rows(&self, block: &mut Block, bad: &[bool]) -> Result<()> {
+        let d = self.plan.d;
+        let mut kept = 0;
+        for r in 0..block.rows {
+            if bad.get(r).copied().unwrap_or(false) {
+                continue;
+            }
+            if kept != r {
+                block.x.copy_within(r * d..(r + 1) * d, kept * d);
+                if !block.y.is_empty() {
+                    block.y[kept] = block.y[r];
+                }
+            }
+            kept += 1;
+        }
+        block.skipped = block.rows - kept;
+        block.rows = kept;
+        block.x.truncate(kept * d);
+        block.y.truncate(if block.y.is_empty() { 0 } else { kept });
+        if let Some(keep) = &block.passthrough {
+            let mask = BooleanArray::from(bad.iter().map(|b| !b).collect::<Vec<bool>>());
+            let filtered = arrow_select::filter::filter_record_batch(keep, &mask)
+                .map_err(|e| self.decode_error(&self.plan.keep.join(", "), e))?;
+            block.passthrough = Some(filtered);
+        }
+        Ok(())
+    }
+}
+
+fn keep_schema(batch: &RecordBatch, keep: &[String]) -> std::sync::Arc<arrow_schema::Schema> {
+    let schema = batch.schema();
+    let fields: Vec<_> =
+        keep.iter().filter_map(|k| schema.field_with_name(k).ok().cloned()).collect();
+    std::sync::Arc::new(arrow_schema::Schema::new(fields))
+}
+
+/// A number that converts to `f32`, possibly with rounding.
+trait ToF32: Copy {
+    fn to_f32(self) -> f32;
+}
+
+macro_rules! impl_to_f32 {
+    ($($t:ty),*) => {$(
+        impl ToF32 for $t {
+            #[inline]
+            fn to_f32(self) -> f32 {
+                self as f32
+            }
+        }
+    )*};
+}
+impl_to_f32!(i8, i16, i32, i64, u8, u16, u32, u64, f32, f64);
+
+impl ToF32 for half::f16 {
+    #[inline]
+    fn to_f32(self) -> f32 {
+        half::f16::to_f32(self)
+    }
+}
+
+/// Writes `width` values per row from `values` into `out` at `offset` of each `stride`-long row.
+fn scatter<T: ToF32>(values: &[T], out: &mut [f32], stride: usize, offset: usize, width: usize) {
+    if width == 1 {
+        for (dst, v) in out.chunks_exact_mut(stride).zip(values) {
+            dst[offset] = v.to_f32();
+        }
+    } else {
+        for (dst, src) in out.chunks_exact_mut(stride).zip(values.chunks_exact(width)) {
+            for (o, v) in dst[offset..offset + width].iter_mut().zip(src) {
+                *o = v.to_f32();
+            }
+        }
+    }
+}
+
+/// Writes a numeric (or fixed-size list of numeric) column into the row-major buffer `out`.
+/// The plan was checked against the schema, so other types cannot reach here.
+fn write_feature(array: &ArrayRef, out: &mut [f32], stride: usize, offset: usize, width: usize) {
+    let (values, start) = match array.data_type() {
+        DataType::FixedSizeList(..) => {
+            let list = array.as_fixed_size_list();
+            (list.values().clone(), list.value_offset_at(0))
+        }
+        _ => (array.clone(), 0),
+    };
+    let n = array.len() * width;
+    macro_rules! go {
+        ($t:ty) => {
+            scatter(
+                &values.as_primitive::<$t>().values()[start..start + n],
+                out,
+                stride,
+                offset,
+                width,
+            )
+        };
+    }
+    match values.data_type() {
+        DataType::Int8 => go!(Int8Type),
+        DataType::Int16 => go!(Int16Type),
+        DataType::Int32 => go!(Int32Type),
+        DataType::Int64 => go!(Int64Type),
+        DataType::UInt8 => go!(UInt8Type),
+        DataType::UInt16 => go!(UInt16Type),
+        DataType::UInt32 => go!(UInt32Type),
+        DataType::UInt64 => go!(UInt64Type),
+        DataType::Float16 => go!(Float16Type),
+        DataType::Float32 => go!(Float32Type),
+        DataType::Float64 => go!(Float64Type),
+        other => unreachable!("column plan admitted non-numeric type {other}"),
+    }
+}

@@ -1,0 +1,182 @@
+//! The model file: a linear model in the units of the raw columns, plus everything needed to
+//! trust it later (what it was trained on, how, and why training stopped).
+//!
+//! The file is JSON, written atomically: to a temporary file in the same folder, flushed to
+//! disk, then renamed over the destination, so a reader sees the old model or the new one and
+//! never half of one.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::dataset::{Dataset, FeatureColumn};
+use crate::error::{Error, Result};
+use crate::stats::Standardization;
+use crate::train::{EpochReport, StopReason, TrainConfig, TrainOutcome};
+
+/// The value of the `format` key.
+pub const FORMAT: &str = "slope-linear-model";
+/// The model format this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// A trained linear model: `prediction = bias + Σ weights[i]·x[i]` on raw feature values.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Model {
+    pub format: String,
+    pub format_version: u32,
+    /// The slope version that wrote the file.
+    pub created_by: String,
+    pub target: String,
+    /// Feature names, in weight order (`emb[0]` … for a fixed-size list column `emb`).
+    pub features: Vec<String>,
+    /// The source columns of the features, for reading new data.
+    pub feature_columns: Vec<FeatureColumn>,
+    pub weights: Vec<f64>,
+    pub bias: f64,
+    /// Means and standard deviations measured under `--standardize`, for the record: `weights`
+    /// and `bias` already include them.
+    pub standardization: Option<Standardization>,
+    pub training: TrainConfig,
+    pub epochs_run: usize,
+    pub updates: u64,
+    pub rows_seen: u64,
+    pub rows_skipped: u64,
+    pub final_loss: f64,
+    /// Why training stopped, in words.
+    pub stop_reason: String,
+    pub stop: StopReason,
+    /// The last epoch's report.
+    pub last_epoch: Option<EpochReport>,
+    pub data: DataSummary,
+}
+
+/// What the model was trained on.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DataSummary {
+    pub rows: u64,
+    pub shards: Vec<ShardSummary>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ShardSummary {
+    pub path: PathBuf,
+    pub bytes: u64,
+    pub rows: u64,
+}
+
+impl DataSummary {
+    pub fn of(dataset: &Dataset) -> DataSummary {
+        DataSummary {
+            rows: dataset.rows(),
+            shards: dataset
+                .shards
+                .iter()
+                .map(|s| ShardSummary { path: s.path.clone(), bytes: s.bytes, rows: s.rows() })
+                .collect(),
+        }
+    }
+}
+
+impl Model {
+    /// Assembles the model file's contents from a finished training run.
+    pub fn from_training(
+        outcome: TrainOutcome,
+        config: &TrainConfig,
+        target: String,
+        feature_columns: Vec<FeatureColumn>,
+        dataset: &Dataset,
+    ) -> Model {
+        let features = feature_columns.iter().flat_map(FeatureColumn::feature_names).collect();
+        Model {
+            format: FORMAT.to_string(),
+            format_version: FORMAT_VERSION,
+            created_by: format!("slope {}", env!("CARGO_PKG_VERSION")),
+            target,
+            features,
+            feature_columns,
+            weights: outcome.weights,
+            bias: outcome.bias,
+            standardization: outcome.standardization,
+            training: config.clone(),
+            epochs_run: outcome.epochs_run,
+            updates: outcome.updates,
+            rows_seen: outcome.rows_seen,
+            rows_skipped: outcome.rows_skipped,
+            final_loss: outcome.final_loss,
+            stop_reason: outcome.stop_reason.to_string(),
+            stop: outcome.stop_reason,
+            last_epoch: outcome.history.last().cloned(),
+            data: DataSummary::of(dataset),
+        }
+    }
+
+    /// Reads and checks a model file.
+    pub fn load(path: &Path) -> Result<Model> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "read", e))?;
+        // Check the format before the full shape, so that a file from another version says so
+        // rather than failing on whichever key changed.
+        let header: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|source| Error::ModelJson { path: path.to_path_buf(), source })?;
+        let bad = |reason: String| Error::Model { path: path.to_path_buf(), reason };
+        if header.get("format").and_then(|f| f.as_str()) != Some(FORMAT) {
+            return Err(bad(format!("not a slope model file (expected \"format\": \"{FORMAT}\")")));
+        }
+        match header.get("format_version").and_then(|v| v.as_u64()) {
+            Some(v) if v == u64::from(FORMAT_VERSION) => {}
+            found => {
+                let found = found.map_or("none".to_string(), |v| v.to_string());
+                return Err(bad(format!(
+                    "model format version {found} is not supported (this slope reads version \
+                     {FORMAT_VERSION})"
+                )));
+            }
+        }
+        let model: Model = serde_json::from_value(header)
+            .map_err(|source| Error::ModelJson { path: path.to_path_buf(), source })?;
+        let width: usize = model.feature_columns.iter().map(|c| c.width).sum();
+        if model.weights.len() != model.features.len() || width != model.features.len() {
+            return Err(bad(format!(
+                "{} weights for {} features",
+                model.weights.len(),
+                model.features.len()
+            )));
+        }
+        if !model.bias.is_finite() || model.weights.iter().any(|w| !w.is_finite()) {
+            return Err(bad("the model has non-finite weights".to_string()));
+        }
+        Ok(model)
+    }
+
+    /// Writes the model atomically: temporary file, fsync, rename.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let json = serde_json::to_vec_pretty(self)
+            .map_err(|source| Error::ModelJson { path: path.to_path_buf(), source })?;
+        write_atomically(path, &json)
+    }
+}
+
+/// Writes `bytes` to `path` so that `path` holds either its old contents or all of `bytes`.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = temporary_path(path);
+    let write = || -> std::io::Result<()> {
+        let mut file = File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()
+    };
+    if let Err(e) = write() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io(path, "write", e));
+    }
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(path, "write (rename into place)", e)
+    })
+}
+
+/// A hidden sibling of `path` for atomic writes.
+pub fn temporary_path(path: &Path) -> PathBuf {
+    let name = path.file_name().map_or("out".into(), |n| n.to_string_lossy().into_owned());
+    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+}

@@ -1,0 +1,312 @@
+//! The reader stage: decode workers that turn row groups into [`Block`]s, in a given order.
+//!
+//! A [`BlockStream`] reads a list of row groups (an epoch's order) with `workers` named threads.
+//! The protocol:
+//!
+//! 1. Worker `k` of `K` owns the row groups at positions `k`, `k + K`, `k + 2K`, … of the list,
+//!    and has its own bounded channel to the consumer.
+//! 2. For each of its row groups the worker opens a projected reader (only the plan's columns),
+//!    decodes it a block of at most `block_rows` rows at a time, sends each block, then sends
+//!    [`Msg::UnitDone`].
+//! 3. The consumer reads channel `p mod K` until it sees `UnitDone` for position `p`, then moves
+//!    to `p + 1`. Blocks therefore come out in list order, whatever the thread timing, which is
+//!    what makes runs reproducible; and while the consumer drains one channel, the other workers
+//!    decode ahead into theirs.
+//! 4. A worker that fails sends [`Msg::Failed`] with the typed error and stops; the consumer
+//!    returns it. Dropping the stream raises a cancel flag and drops the receivers, so every
+//!    worker's next send fails and it exits; the drop then joins them all.
+//!
+//! Memory: at most `K × (QUEUE_BLOCKS + 1)` blocks are alive inside the stream.
+
+use std::fs::File;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender, bounded};
+use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+
+use crate::dataset::{ColumnPlan, Dataset, Shard, Unit};
+use crate::decode::{Affine, Block, Decoder, OnInvalid};
+use crate::error::{Error, Result};
+
+/// Blocks each worker may queue ahead of the consumer. Two keep a worker busy while the consumer
+/// works through the previous block, and more only adds memory: the consumer visits workers in
+/// turn, so a deeper queue cannot absorb more jitter than the other workers already do.
+pub const QUEUE_BLOCKS: usize = 2;
+
+/// Default rows per decoded block. The parquet crate decodes fastest with batches of 4k–16k rows;
+/// smaller blocks pay per-batch overhead, larger ones fall out of cache.
+pub const DEFAULT_BLOCK_ROWS: usize = 8192;
+
+/// How a stream reads.
+#[derive(Clone, Debug)]
+pub struct ReadOptions {
+    /// Decode threads (at most one per row group is useful).
+    pub workers: usize,
+    pub block_rows: usize,
+    pub on_invalid: OnInvalid,
+    /// Applied to every feature after validation (standardisation).
+    pub transform: Option<Arc<Affine>>,
+}
+
+impl Default for ReadOptions {
+    fn default() -> Self {
+        ReadOptions {
+            workers: 1,
+            block_rows: DEFAULT_BLOCK_ROWS,
+            on_invalid: OnInvalid::Error,
+            transform: None,
+        }
+    }
+}
+
+impl ReadOptions {
+    /// Bytes that blocks inside a stream can hold at once, for the start-up memory bound.
+    pub fn bytes_in_flight(&self, plan: &ColumnPlan) -> u64 {
+        let row_bytes = (plan.d + usize::from(plan.target.is_some())) * 4;
+        (self.workers * (QUEUE_BLOCKS + 2) * self.block_rows * row_bytes) as u64
+    }
+}
+
+/// A message from a decode worker.
+enum Msg {
+    Block(Block),
+    UnitDone,
+    Failed(Error),
+}
+
+/// Spare blocks handed back by the consumer so that workers reuse their buffers.
+#[derive(Clone)]
+pub struct Pool {
+    tx: Sender<Block>,
+    rx: Receiver<Block>,
+}
+
+impl Pool {
+    fn new(capacity: usize) -> Pool {
+        let (tx, rx) = bounded(capacity);
+        Pool { tx, rx }
+    }
+
+    fn take(&self) -> Block {
+        self.rx.try_recv().unwrap_or_default()
+    }
+
+    /// Hands a consumed block back for reuse.
+    pub fn give(&self, block: Block) {
+        // A full pool means the workers already have spares; the block is simply freed.
+        let _ = self.tx.try_send(block);
+    }
+}
+
+/// Blocks of a list of row groups, decoded ahead by worker threads, in list order.
+pub struct BlockStream {
+    receivers: Vec<Receiver<Msg>>,
+    handles: Vec<JoinHandle<()>>,
+    cancel: Arc<AtomicBool>,
+    pool: Pool,
+    position: usize,
+    len: usize,
+    failed: bool,
+}
+
+impl BlockStream {
+    /// Starts decoding `units` of `dataset` with the columns of `plan`.
+    pub fn start(
+        dataset: Arc<Dataset>,
+        plan: Arc<ColumnPlan>,
+        units: Vec<Unit>,
+        options: &ReadOptions,
+    ) -> Result<BlockStream> {
+        let units = Arc::new(units);
+        let workers = options.workers.clamp(1, units.len().max(1));
+        let cancel = Arc::new(AtomicBool::new(false));
+        let pool = Pool::new(workers * (QUEUE_BLOCKS + 2));
+        let mut receivers = Vec::with_capacity(workers);
+        let mut handles = Vec::with_capacity(workers);
+        for k in 0..workers {
+            let (tx, rx) = bounded(QUEUE_BLOCKS);
+            let worker = Worker {
+                dataset: Arc::clone(&dataset),
+                plan: Arc::clone(&plan),
+                units: Arc::clone(&units),
+                options: options.clone(),
+                cancel: Arc::clone(&cancel),
+                pool: pool.clone(),
+                tx,
+                first: k,
+                step: workers,
+            };
+            let handle = std::thread::Builder::new()
+                .name(format!("slope-decode-{k}"))
+                .spawn(move || worker.run())
+                .map_err(|e| Error::io("thread", "spawn a decode thread", e))?;
+            receivers.push(rx);
+            handles.push(handle);
+        }
+        Ok(BlockStream {
+            receivers,
+            handles,
+            cancel,
+            pool,
+            position: 0,
+            len: units.len(),
+            failed: false,
+        })
+    }
+
+    /// The pool that consumed blocks go back to, so that workers reuse their buffers.
+    pub fn recycler(&self) -> Pool {
+        self.pool.clone()
+    }
+}
+
+impl Iterator for BlockStream {
+    type Item = Result<Block>;
+
+    fn next(&mut self) -> Option<Result<Block>> {
+        while !self.failed && self.position < self.len {
+            let rx = &self.receivers[self.position % self.receivers.len()];
+            match rx.recv() {
+                Ok(Msg::Block(block)) => return Some(Ok(block)),
+                Ok(Msg::UnitDone) => self.position += 1,
+                Ok(Msg::Failed(e)) => {
+                    self.failed = true;
+                    return Some(Err(e));
+                }
+                Err(_) => {
+                    self.failed = true;
+                    return Some(Err(Error::WorkerPanicked { stage: "decode" }));
+                }
+            }
+        }
+        None
+    }
+}
+
+impl Drop for BlockStream {
+    fn drop(&mut self) {
+        self.cancel.store(true, Ordering::Relaxed);
+        self.receivers.clear();
+        for handle in self.handles.drain(..) {
+            // A worker that panicked already surfaced as a disconnected channel.
+            let _ = handle.join();
+        }
+    }
+}
+
+struct Worker {
+    dataset: Arc<Dataset>,
+    plan: Arc<ColumnPlan>,
+    units: Arc<Vec<Unit>>,
+    options: ReadOptions,
+    cancel: Arc<AtomicBool>,
+    pool: Pool,
+    tx: Sender<Msg>,
+    first: usize,
+    step: usize,
+}
+
+impl Worker {
+    fn run(self) {
+        for pos in (self.first..self.units.len()).step_by(self.step) {
+            if self.cancel.load(Ordering::Relaxed) {
+                return;
+            }
+            let unit = self.units[pos];
+            let sent = match self.read_unit(pos, unit) {
+                Ok(true) => self.tx.send(Msg::UnitDone).is_ok(),
+                Ok(false) => false,
+                Err(e) => {
+                    let _ = self.tx.send(Msg::Failed(e));
+                    false
+                }
+            };
+            if !sent {
+                return;
+            }
+        }
+    }
+
+    /// Decodes one row group and sends its blocks; `Ok(false)` when the consumer has gone.
+    fn read_unit(&self, seq: usize, unit: Unit) -> Result<bool> {
+        let shard = &self.dataset.shards[unit.shard];
+        let reader = open_row_group(shard, &self.plan, unit.row_group, self.options.block_rows)?;
+        let decoder = Decoder {
+            plan: &self.plan,
+            on_invalid: self.options.on_invalid,
+            transform: self.options.transform.as_deref(),
+            path: &shard.path,
+            row_group: unit.row_group,
+        };
+        let mut first_row = 0;
+        for batch in reader {
+            let batch = batch.map_err(|e| decode_failure(shard, &self.plan, unit.row_group, e))?;
+            let mut block = self.pool.take();
+            block.seq = seq;
+            decoder.decode(&batch, first_row, &mut block)?;
+            first_row += batch.num_rows();
+            if self.tx.send(Msg::Block(block)).is_err() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// Opens a reader of one row group with the plan's columns only.
+pub(crate) fn open_row_group(
+    shard: &Shard,
+    plan: &ColumnPlan,
+    row_group: usize,
+    batch_rows: usize,
+) -> Result<ParquetRecordBatchReader> {
+    let mask = plan.projection(shard);
+    let built = match &shard.map {
+        Some(map) => {
+            ParquetRecordBatchReaderBuilder::new_with_metadata(map.clone(), shard.meta.clone())
+                .with_projection(mask)
+                .with_row_groups(vec![row_group])
+                .with_batch_size(batch_rows)
+                .build()
+        }
+        None => {
+            // The parquet crate's `File` reader seeks a shared handle, so each reader opens its own.
+            let file = File::open(&shard.path).map_err(|e| Error::io(&shard.path, "open", e))?;
+            ParquetRecordBatchReaderBuilder::new_with_metadata(file, shard.meta.clone())
+                .with_projection(mask)
+                .with_row_groups(vec![row_group])
+                .with_batch_size(batch_rows)
+                .build()
+        }
+    };
+    built.map_err(|e| Error::Decode {
+        path: shard.path.clone(),
+        row_group,
+        columns: plan.read_columns().collect::<Vec<_>>().join(", "),
+        source: Box::new(e),
+    })
+}
+
+/// Builds the error for a row group that failed to decode. Only on this path, each column is
+/// decoded on its own to find which one is broken, so the message can name it.
+fn decode_failure(
+    shard: &Shard,
+    plan: &ColumnPlan,
+    row_group: usize,
+    error: arrow_schema::ArrowError,
+) -> Error {
+    let culprit = plan.read_columns().find(|&name| {
+        let single = ColumnPlan::single(name);
+        match open_row_group(shard, &single, row_group, DEFAULT_BLOCK_ROWS) {
+            Ok(reader) => reader.into_iter().any(|b| b.is_err()),
+            Err(_) => true,
+        }
+    });
+    let columns = match culprit {
+        Some(name) => name.to_string(),
+        None => plan.read_columns().collect::<Vec<_>>().join(", "),
+    };
+    Error::Decode { path: shard.path.clone(), row_group, columns, source: Box::new(error) }
+}

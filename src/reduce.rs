@@ -1,0 +1,206 @@
+//! Parallel gradient sums in a fixed order, and the seam where a multi-process all-reduce goes.
+//!
+//! A mini-batch is cut into chunks of [`CHUNK_ROWS`] rows. Rayon workers compute each chunk's
+//! partial sums into that chunk's own slot; the slots are then added in chunk order, in `f64`.
+//! The chunk size is a constant, not a function of the thread count, so the same batch gives
+//! the same bits with one thread or sixteen. Batches of a single chunk skip the thread pool
+//! entirely: that computes the same sums, only without the fork-join cost.
+//!
+//! [`Reducer`] is the step after the local sum. On one machine it does nothing; a run across
+//! processes (MPI) implements it as an all-reduce of the summed buffer, and the trainer does not
+//! change.
+
+use rayon::prelude::*;
+
+use crate::error::Result;
+use crate::kernel;
+
+/// Rows per chunk: small enough that `f32` chunk sums stay accurate and a chunk's rows stay in
+/// L1/L2 cache, large enough that a rayon task is worth its scheduling.
+pub const CHUNK_ROWS: usize = 512;
+
+/// Combines per-process sums into global sums.
+pub trait Reducer: Send {
+    /// Replaces `buf` by the element-wise sum of every process's `buf`.
+    fn all_reduce_sum(&mut self, buf: &mut [f64]) -> Result<()>;
+}
+
+/// The reducer for a single process: the local sum is already the global one.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LocalReducer;
+
+impl Reducer for LocalReducer {
+    fn all_reduce_sum(&mut self, _buf: &mut [f64]) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Reusable scratch space for [`gradient_sums`].
+#[derive(Debug, Default)]
+pub struct Scratch {
+    partials: Vec<f32>,
+}
+
+/// Computes `[Σ r x (d values), Σ r, Σ r²]` over `rows` rows into `out` (length `d + 2`).
+///
+/// With a pool, chunks run in parallel; the result is identical either way.
+pub fn gradient_sums(
+    pool: Option<&rayon::ThreadPool>,
+    x: &[f32],
+    y: &[f32],
+    w: &[f32],
+    b: f32,
+    scratch: &mut Scratch,
+    out: &mut [f64],
+) {
+    let d = w.len();
+    let width = d + 2;
+    let chunks = y.len().div_ceil(CHUNK_ROWS).max(1);
+    scratch.partials.clear();
+    scratch.partials.resize(chunks * width, 0.0);
+
+    let one = |(slot, (xc, yc)): (&mut [f32], (&[f32], &[f32]))| {
+        let (g, loss) = slot.split_at_mut(d + 1);
+        loss[0] = kernel::chunk_gradient(xc, yc, w, b, g);
+    };
+    let slots = scratch.partials.chunks_mut(width);
+    match pool {
+        Some(pool) if chunks > 1 => pool.install(|| {
+            scratch
+                .partials
+                .par_chunks_mut(width)
+                .zip(x.par_chunks(CHUNK_ROWS * d).zip(y.par_chunks(CHUNK_ROWS)))
+                .for_each(one)
+        }),
+        _ => slots.zip(x.chunks(CHUNK_ROWS * d).zip(y.chunks(CHUNK_ROWS))).for_each(one),
+    }
+
+    out.fill(0.0);
+    for slot in scratch.partials.chunks_exact(width) {
+        for (o, p) in out.iter_mut().zip(slot) {
+            *o += f64::from(*p);
+        }
+    }
+}
+
+/// Sums of the normal equations over a run of rows: `a = Σ x̃ x̃ᵀ` (upper triangle) and
+/// `c = Σ x̃ y`, with `x̃ = [x, 1]`.
+#[derive(Debug, Clone)]
+pub struct NormalSums {
+    pub d: usize,
+    pub a: Vec<f64>,
+    pub c: Vec<f64>,
+    pub yy: f64,
+    pub rows: u64,
+}
+
+impl NormalSums {
+    pub fn new(d: usize) -> NormalSums {
+        NormalSums { d, a: vec![0.0; (d + 1) * (d + 1)], c: vec![0.0; d + 1], yy: 0.0, rows: 0 }
+    }
+
+    fn add(&mut self, other: &NormalSums) {
+        for (s, o) in self.a.iter_mut().zip(&other.a) {
+            *s += o;
+        }
+        for (s, o) in self.c.iter_mut().zip(&other.c) {
+            *s += o;
+        }
+        self.yy += other.yy;
+        self.rows += other.rows;
+    }
+
+    /// Adds the rows of `x` and `y`, chunk by chunk, in parallel when a pool is given; chunk sums
+    /// are added in chunk order, so the result does not depend on the thread count.
+    pub fn add_rows(&mut self, pool: Option<&rayon::ThreadPool>, x: &[f32], y: &[f32]) {
+        let d = self.d;
+        let one = |(xc, yc): (&[f32], &[f32])| {
+            let mut s = NormalSums::new(d);
+            kernel::chunk_normal(xc, yc, d, &mut s.a, &mut s.c, &mut Vec::with_capacity(d + 1));
+            s.yy = yc.iter().map(|&t| f64::from(t) * f64::from(t)).sum();
+            s.rows = yc.len() as u64;
+            s
+        };
+        let parts: Vec<NormalSums> = match pool {
+            Some(pool) if y.len() > CHUNK_ROWS => pool.install(|| {
+                x.par_chunks(CHUNK_ROWS * d).zip(y.par_chunks(CHUNK_ROWS)).map(one).collect()
+            }),
+            _ => x.chunks(CHUNK_ROWS * d).zip(y.chunks(CHUNK_ROWS)).map(one).collect(),
+        };
+        for p in &parts {
+            self.add(p);
+        }
+    }
+
+    /// Packs the sums into one buffer for a [`Reducer`], and back.
+    pub fn to_buffer(&self) -> Vec<f64> {
+        let mut buf = Vec::with_capacity(self.a.len() + self.c.len() + 2);
+        buf.extend_from_slice(&self.a);
+        buf.extend_from_slice(&self.c);
+        buf.push(self.yy);
+        buf.push(self.rows as f64);
+        buf
+    }
+
+    pub fn from_buffer(d: usize, buf: &[f64]) -> NormalSums {
+        let n = (d + 1) * (d + 1);
+        NormalSums {
+            d,
+            a: buf[..n].to_vec(),
+            c: buf[n..n + d + 1].to_vec(),
+            yy: buf[n + d + 1],
+            rows: buf[n + d + 2] as u64,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn data(rows: usize, d: usize, seed: u64) -> (Vec<f32>, Vec<f32>) {
+        let mut rng = crate::rng::Rng::new(seed);
+        let x = (0..rows * d).map(|_| rng.normal() as f32).collect();
+        let y = (0..rows).map(|_| rng.normal() as f32).collect();
+        (x, y)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        /// The parallel reduction equals the sequential sum, bit for bit, for any thread count.
+        #[test]
+        fn parallel_sum_equals_sequential(rows in 1usize..3000, d in 1usize..40, threads in 1usize..5, seed: u64) {
+            let (x, y) = data(rows, d, seed);
+            let w: Vec<f32> = (0..d).map(|j| j as f32 * 0.01).collect();
+            let mut sequential = vec![0.0; d + 2];
+            gradient_sums(None, &x, &y, &w, 0.5, &mut Scratch::default(), &mut sequential);
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let mut parallel = vec![0.0; d + 2];
+            gradient_sums(Some(&pool), &x, &y, &w, 0.5, &mut Scratch::default(), &mut parallel);
+            prop_assert_eq!(&sequential, &parallel);
+
+            // And it is the sum it claims to be, up to f32 chunk rounding.
+            let mut g = vec![0.0f32; d + 1];
+            let mut reference = vec![0.0f64; d + 2];
+            for (xc, yc) in x.chunks(d).zip(&y) {
+                g.fill(0.0);
+                reference[d + 1] += f64::from(kernel::chunk_gradient(xc, std::slice::from_ref(yc), &w, 0.5, &mut g));
+                for (r, v) in reference.iter_mut().zip(&g) {
+                    *r += f64::from(*v);
+                }
+            }
+            for (a, b) in parallel.iter().zip(&reference) {
+                prop_assert!((a - b).abs() <= 1e-3 * (1.0 + b.abs()), "{} vs {}", a, b);
+            }
+
+            let mut ns = NormalSums::new(d);
+            ns.add_rows(None, &x, &y);
+            let mut np = NormalSums::new(d);
+            np.add_rows(Some(&pool), &x, &y);
+            prop_assert_eq!(ns.to_buffer(), np.to_buffer());
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! The shuffler: an epoch's row-group order, and a bounded shuffle buffer that turns the stream
+//! of decoded blocks into randomised mini-batches.
+//!
+//! A global permutation of all rows would need either every row in memory or a random read per
+//! row, and Parquet offers neither cheaply. slope shuffles at two levels instead, as tf.data and
+//! WebDataset do:
+//!
+//! 1. Each epoch visits the row groups (the units) in an order drawn from the seed and the epoch
+//!    number ([`epoch_order`]).
+//! 2. Rows of those units stream into a [`ShuffleBuffer`] of fixed capacity. Once it is full,
+//!    each arriving row evicts a uniformly chosen resident row into the current mini-batch and
+//!    takes its slot.
+//! 3. At the end of the epoch the buffer drains in random order.
+//!
+//! Every row enters the buffer once and leaves it once, so each epoch uses every row exactly
+//! once. A row can leave the buffer long after it entered, which mixes rows across row groups
+//! and shards; the larger the buffer, the closer the result to a full shuffle.
+
+use crate::dataset::Unit;
+use crate::rng::Rng;
+
+/// Stream identifiers for seed derivation, so that no two uses of the root seed collide.
+pub(crate) mod streams {
+    pub const UNIT_ORDER: u64 = 1;
+    pub const SHUFFLE_BUFFER: u64 = 2;
+}
+
+/// The order in which an epoch visits the row groups: file order when `shuffle` is off,
+/// otherwise a permutation drawn from `seed` and `epoch` alone.
+pub fn epoch_order(units: &[Unit], seed: u64, epoch: u64, shuffle: bool) -> Vec<Unit> {
+    let mut order = units.to_vec();
+    if shuffle {
+        Rng::derived(seed, &[streams::UNIT_ORDER, epoch]).shuffle(&mut order);
+    }
+    order
+}
+
+/// A mini-batch: `rows` rows of `d` features and their targets, row after row.
+#[derive(Debug, Default, Clone)]
+pub struct Batch {
+    pub x: Vec<f32>,
+    pub y: Vec<f32>,
+    pub rows: usize,
+}
+
+impl Batch {
+    /// An empty batch with room for `rows` rows of `d` features.
+    pub fn with_capacity(rows: usize, d: usize) -> Batch {
+        Batch { x: Vec::with_capacity(rows * d), y: Vec::with_capacity(rows), rows: 0 }
+    }
+
+    fn push(&mut self, x: &[f32], y: f32) {
+        self.x.extend_from_slice(x);
+        self.y.push(y);
+        self.rows += 1;
+    }
+
+    fn clear(&mut self) {
+        self.x.clear();
+        self.y.clear();
+        self.rows = 0;
+    }
+}
+
+/// Collects rows into batches of `size` and hands each full batch to `emit`, which returns an
+/// empty batch to fill next (from a pool, so that no batch is allocated per step).
+pub struct BatchWriter<F> {
+    batch: Batch,
+    size: usize,
+    emit: F,
+}
+
+impl<E, F: FnMut(Batch) -> Result<Batch, E>> BatchWriter<F> {
+    pub fn new(batch: Batch, size: usize, emit: F) -> Self {
+        BatchWriter { batch, size, emit }
+    }
+
+    #[inline]
+    fn push(&mut self, x: &[f32], y: f32) -> Result<(), E> {
+        self.batch.push(x, y);
+        if self.batch.rows == self.size {
+            let full = std::mem::take(&mut self.batch);
+            self.batch = (self.emit)(full)?;
+            self.batch.clear();
+        }
+        Ok(())
+    }
+
+    /// Emits the last, partial batch, if any.
+    pub fn finish(mut self) -> Result<(), E> {
+        if self.batch.rows > 0 {
+            let last = std::mem::take(&mut self.batch);
+            (self.emit)(last)?;
+        }
+        Ok(())
+    }
+}
+
+/// A fixed-capacity reservoir of rows from which mini-batch rows are drawn at random.
+pub struct ShuffleBuffer {
+    d: usize,
+    capacity: usize,
+    x: Vec<f32>,
+    y: Vec<f32>,
+    len: usize,
+    rng: Rng,
+}
+
+impl ShuffleBuffer {
+    /// A buffer of `capacity` rows of `d` features (capacity 0 passes rows straight through).
+    pub fn new(d: usize, capacity: usize, seed: u64, epoch: u64) -> ShuffleBuffer {
+        ShuffleBuffer {
+            d,
+            capacity,
+            x: vec![0.0; capacity * d],
+            y: vec![0.0; capacity],
+            len: 0,
+            rng: Rng::derived(seed, &[streams::SHUFFLE_BUFFER, epoch]),
+        }
+    }
+
+    /// Bytes the buffer holds, for the start-up memory bound.
+    pub fn bytes(d: usize, capacity: usize) -> u64 {
+        (capacity * (d + 1) * 4) as u64
+    }
+
+    /// Feeds `rows` rows (`x` is `rows × d`), evicting rows into `out` once the buffer is full.
+    pub fn push_rows<E, F>(
+        &mut self,
+        x: &[f32],
+        y: &[f32],
+        out: &mut BatchWriter<F>,
+    ) -> Result<(), E>
+    where
+        F: FnMut(Batch) -> Result<Batch, E>,
+    {
+        let d = self.d;
+        for (row, &target) in x.chunks_exact(d).zip(y) {
+            if self.capacity == 0 {
+                out.push(row, target)?;
+            } else if self.len < self.capacity {
+                let i = self.len;
+                self.x[i * d..(i + 1) * d].copy_from_slice(row);
+                self.y[i] = target;
+                self.len += 1;
+            } else {
+                let j = self.rng.below(self.capacity as u64) as usize;
+                let slot = &mut self.x[j * d..(j + 1) * d];
+                out.push(slot, self.y[j])?;
+                slot.copy_from_slice(row);
+                self.y[j] = target;
+            }
+        }
+        Ok(())
+    }
+
+    /// Empties the buffer into `out` in random order.
+    pub fn drain<E, F>(&mut self, out: &mut BatchWriter<F>) -> Result<(), E>
+    where
+        F: FnMut(Batch) -> Result<Batch, E>,
+    {
+        let d = self.d;
+        while self.len > 0 {
+            let j = self.rng.below(self.len as u64) as usize;
+            let last = self.len - 1;
+            out.push(&self.x[j * d..(j + 1) * d], self.y[j])?;
+            self.x.copy_within(last * d..(last + 1) * d, j * d);
+            self.y[j] = self.y[last];
+            self.len = last;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs rows 0..n (feature = row id) through a buffer and returns the emitted ids in order.
+    fn shuffled(n: usize, capacity: usize, batch: usize, seed: u64) -> Vec<Vec<f32>> {
+        let x: Vec<f32> = (0..n).map(|i| i as f32).collect();
+        let mut batches = Vec::new();
+        let mut writer = BatchWriter::new(Batch::default(), batch, |b: Batch| {
+            batches.push(b.x);
+            Ok::<_, ()>(Batch::default())
+        });
+        let mut buffer = ShuffleBuffer::new(1, capacity, seed, 0);
+        for chunk in x.chunks(7) {
+            buffer.push_rows(chunk, chunk, &mut writer).unwrap();
+        }
+        buffer.drain(&mut writer).unwrap();
+        writer.finish().unwrap();
+        batches
+    }
+
+    #[test]
+    fn batches_have_the_requested_size_except_the_last() {
+        let batches = shuffled(100, 16, 32, 1);
+        let sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
+        assert_eq!(sizes, [32, 32, 32, 4]);
+    }
+
+    #[test]
+    fn zero_capacity_keeps_order() {
+        let rows: Vec<f32> = shuffled(50, 0, 8, 1).concat();
+        assert_eq!(rows, (0..50).map(|i| i as f32).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn different_seeds_give_different_orders() {
+        assert_ne!(shuffled(200, 64, 10, 1), shuffled(200, 64, 10, 2));
+        assert_eq!(shuffled(200, 64, 10, 3), shuffled(200, 64, 10, 3));
+    }
+}
