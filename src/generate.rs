@@ -92,14 +92,12 @@ impl GenerateConfig {
         let scales: Vec<f64> = (0..d)
             .map(|j| {
                 let u = rng.uniform();
-                let u = if d == 1 {
-                    0.0
-                } else if j == 0 {
-                    0.0
-                } else if j == d - 1 {
-                    1.0
-                } else {
-                    u
+                // The first column has scale 1 and the last scale_max, so every dataset spans
+                // the full range.
+                let u = match j {
+                    0 => 0.0,
+                    _ if j == d - 1 => 1.0,
+                    _ => u,
                 };
                 self.scale_max.powf(u)
             })

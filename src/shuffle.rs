@@ -16,8 +16,18 @@
 //! once. A row can leave the buffer long after it entered, which mixes rows across row groups
 //! and shards; the larger the buffer, the closer the result to a full shuffle.
 
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender, bounded};
+
 use crate::dataset::Unit;
+use crate::error::{Error, Result};
+use crate::reader::BlockStream;
 use crate::rng::Rng;
+
+/// Batches the shuffler may queue ahead of the trainer. Four hide the jitter of a slow row group
+/// without holding much memory (each batch is `batch_size × d` floats).
+pub const BATCH_QUEUE: usize = 4;
 
 /// Stream identifiers for seed derivation, so that no two uses of the root seed collide.
 pub(crate) mod streams {
@@ -169,6 +179,138 @@ impl ShuffleBuffer {
             self.len = last;
         }
         Ok(())
+    }
+}
+
+/// A message from the shuffler thread to the trainer.
+enum Msg {
+    Batch(Batch),
+    /// The epoch's rows are all sent; `skipped` rows were dropped as invalid.
+    End {
+        skipped: u64,
+    },
+    Failed(Error),
+}
+
+/// The shuffler thread of one epoch: blocks in, mini-batches out, as an iterator.
+///
+/// 1. The thread pulls blocks from the decode workers in the epoch's row-group order and pushes
+///    their rows through a [`ShuffleBuffer`].
+/// 2. Each full batch goes to the consumer over a channel bounded at [`BATCH_QUEUE`]; the
+///    consumer hands batches it is done with back through [`BatchStream::recycler`], and the
+///    thread refills those rather than allocating.
+/// 3. At the end the thread drains the buffer, sends the partial last batch, then `End`; on an
+///    error it sends the error. If the consumer drops the stream, the thread's next send fails
+///    and it winds down, dropping the block stream, which stops and joins the decode workers;
+///    the drop joins the thread.
+pub struct BatchStream {
+    rx: Option<Receiver<Msg>>,
+    spare: Sender<Batch>,
+    handle: Option<JoinHandle<()>>,
+    skipped: u64,
+    done: bool,
+}
+
+/// Where a consumer returns batches for reuse.
+#[derive(Clone)]
+pub struct BatchRecycler(Sender<Batch>);
+
+impl BatchRecycler {
+    pub fn give(&self, batch: Batch) {
+        // A full pool means the shuffler has spares; the batch is simply freed.
+        let _ = self.0.try_send(batch);
+    }
+}
+
+impl BatchStream {
+    /// Starts the shuffler over `blocks` with a buffer of `capacity` rows (0: keep order),
+    /// emitting batches of `batch_rows` rows of `d` features.
+    pub fn start(
+        mut blocks: BlockStream,
+        d: usize,
+        capacity: usize,
+        batch_rows: usize,
+        seed: u64,
+        epoch: u64,
+    ) -> Result<BatchStream> {
+        let (tx, rx) = bounded(BATCH_QUEUE);
+        let (spare, spares) = bounded::<Batch>(BATCH_QUEUE + 2);
+        let handle = std::thread::Builder::new()
+            .name("slope-shuffle".into())
+            .spawn(move || {
+                let mut buffer = ShuffleBuffer::new(d, capacity, seed, epoch);
+                let fresh =
+                    || spares.try_recv().unwrap_or_else(|_| Batch::with_capacity(batch_rows, d));
+                let emit = |batch: Batch| match tx.send(Msg::Batch(batch)) {
+                    Ok(()) => Ok(fresh()),
+                    Err(_) => Err(None),
+                };
+                let mut writer = BatchWriter::new(fresh(), batch_rows, emit);
+                let mut skipped = 0u64;
+                let recycle = blocks.recycler();
+                let run = (|| -> Result<(), Option<Error>> {
+                    for block in &mut blocks {
+                        let block = block.map_err(Some)?;
+                        skipped += block.skipped as u64;
+                        buffer.push_rows(&block.x, &block.y, &mut writer)?;
+                        recycle.give(block);
+                    }
+                    buffer.drain(&mut writer)?;
+                    writer.finish()
+                })();
+                let last = match run {
+                    Ok(()) => Msg::End { skipped },
+                    Err(Some(e)) => Msg::Failed(e),
+                    Err(None) => return,
+                };
+                let _ = tx.send(last);
+            })
+            .map_err(|e| Error::io("thread", "spawn the shuffle thread", e))?;
+        Ok(BatchStream { rx: Some(rx), spare, handle: Some(handle), skipped: 0, done: false })
+    }
+
+    /// Where consumed batches go back for reuse.
+    pub fn recycler(&self) -> BatchRecycler {
+        BatchRecycler(self.spare.clone())
+    }
+
+    /// Rows dropped as invalid in this epoch (complete once the stream has ended).
+    pub fn skipped(&self) -> u64 {
+        self.skipped
+    }
+}
+
+impl Iterator for BatchStream {
+    type Item = Result<Batch>;
+
+    fn next(&mut self) -> Option<Result<Batch>> {
+        if self.done {
+            return None;
+        }
+        let msg = self.rx.as_ref()?.recv();
+        match msg {
+            Ok(Msg::Batch(batch)) => return Some(Ok(batch)),
+            Ok(Msg::End { skipped }) => self.skipped = skipped,
+            Ok(Msg::Failed(e)) => {
+                self.done = true;
+                return Some(Err(e));
+            }
+            Err(_) => {
+                self.done = true;
+                return Some(Err(Error::WorkerPanicked { stage: "shuffle" }));
+            }
+        }
+        self.done = true;
+        None
+    }
+}
+
+impl Drop for BatchStream {
+    fn drop(&mut self) {
+        self.rx = None;
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
+        }
     }
 }
 

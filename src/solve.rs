@@ -44,7 +44,8 @@ fn cholesky(a: &mut [f64], n: usize) -> Result<&[f64]> {
         let diag = a[j * n + j];
         let s: f64 = (0..j).map(|k| a[j * n + k] * a[j * n + k]).sum();
         let pivot = diag - s;
-        if !(pivot > PIVOT_TOLERANCE * diag.abs()) || !pivot.is_finite() {
+        let vanished = pivot.is_nan() || pivot <= PIVOT_TOLERANCE * diag.abs();
+        if vanished || !pivot.is_finite() {
             return Err(Error::Singular { pivot: j + 1, order: n });
         }
         let ljj = pivot.sqrt();

@@ -133,7 +133,7 @@ pub fn standardization(
     let std = moments.std();
     let names = plan.feature_names();
     for ((s, m), name) in std.iter().zip(&moments.mean).zip(&names) {
-        if !(*s > 1e-6 * m.abs().max(f64::MIN_POSITIVE)) || *s == 0.0 {
+        if s.is_nan() || *s <= 1e-6 * m.abs() || *s == 0.0 {
             return Err(Error::ConstantFeature { feature: name.clone(), value: *m });
         }
     }
