@@ -119,6 +119,16 @@ impl Dataset {
         self.shards.iter().map(Shard::rows).sum()
     }
 
+    /// Names the input in messages: the shard, or the first shard and how many others.
+    pub fn describe(&self) -> String {
+        let first = self.shards[0].path.display();
+        match self.shards.len() {
+            1 => first.to_string(),
+            2 => format!("{first} and 1 other shard"),
+            n => format!("{first} and {} other shards", n - 1),
+        }
+    }
+
     /// Total bytes across shards.
     pub fn bytes(&self) -> u64 {
         self.shards.iter().map(|s| s.bytes).sum()

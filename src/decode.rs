@@ -31,6 +31,32 @@ pub enum OnInvalid {
     Skip,
 }
 
+/// Which side of a hashed train/validation split a stream keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Part {
+    Train,
+    Validation,
+}
+
+/// A deterministic split of rows by a hash of their position (file name, row group, row), so
+/// that the same rows are held out in every epoch, after every resume, and whatever the order
+/// in which shards are listed.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Split {
+    /// Fraction of rows in the validation part.
+    pub fraction: f64,
+    pub part: Part,
+}
+
+impl Split {
+    /// Whether row `row` of `row_group` in the file whose name hashes to `file` is kept.
+    fn keeps(&self, file: u64, row_group: usize, row: usize) -> bool {
+        let h = crate::rng::derive_seed(file, &[row_group as u64, row as u64]);
+        let validation = ((h >> 11) as f64 / (1u64 << 53) as f64) < self.fraction;
+        validation == (self.part == Part::Validation)
+    }
+}
+
 /// An affine map applied to every feature as it is decoded: `x' = (x - shift) * scale`.
 /// Standardisation uses it, so that workers rather than the trainer pay for it.
 #[derive(Clone, Debug)]
@@ -61,6 +87,7 @@ pub(crate) struct Decoder<'a> {
     pub plan: &'a ColumnPlan,
     pub on_invalid: OnInvalid,
     pub transform: Option<&'a Affine>,
+    pub split: Option<Split>,
     pub path: &'a Path,
     pub row_group: usize,
 }
@@ -100,8 +127,27 @@ impl Decoder<'_> {
                 .map_err(|e| self.decode_error(&plan.keep.join(", "), e))?;
             Some(keep)
         };
-        if !bad.is_empty() {
-            self.drop_rows(block, &bad)?;
+        let skipped = bad.iter().filter(|&&b| b).count();
+        let mut drop = bad;
+        if let Some(split) = self.split {
+            let file = self.path.file_name().map_or(0, |n| crate::checkpoint::fnv1a(n.as_encoded_bytes()));
+            drop.resize(rows, false);
+            let mut skipped_elsewhere = 0;
+            for (r, d) in drop.iter_mut().enumerate() {
+                let kept = split.keeps(file, self.row_group, first_row + r);
+                if !kept {
+                    // A bad row in the other part is that part's to report.
+                    skipped_elsewhere += usize::from(*d);
+                    *d = true;
+                }
+            }
+            if drop.iter().any(|&d| d) {
+                self.drop_rows(block, &drop)?;
+            }
+            block.skipped = skipped - skipped_elsewhere;
+        } else if skipped > 0 {
+            self.drop_rows(block, &drop)?;
+            block.skipped = skipped;
         }
         if let Some(affine) = self.transform {
             for row in block.x.chunks_exact_mut(d) {
@@ -239,6 +285,7 @@ impl Decoder<'_> {
 
     /// Removes the rows marked in `bad`, keeping the others in order.
     fn drop_rows(&self, block: &mut Block, bad: &[bool]) -> Result<()> {
+        let before = block.rows;
         let d = self.plan.d;
         let mut kept = 0;
         for r in 0..block.rows {
@@ -253,7 +300,7 @@ impl Decoder<'_> {
             }
             kept += 1;
         }
-        block.skipped = block.rows - kept;
+        debug_assert!(kept <= before);
         block.rows = kept;
         block.x.truncate(kept * d);
         block.y.truncate(if block.y.is_empty() { 0 } else { kept });

@@ -40,7 +40,7 @@ pub enum Error {
     },
 
     /// A row group's pages could not be decoded.
-    #[error("{}: row group {row_group}: cannot decode columns {columns}", path.display())]
+    #[error("{}: row group {row_group}: cannot decode {columns}", path.display())]
     Decode {
         path: PathBuf,
         row_group: usize,
@@ -83,8 +83,19 @@ pub enum Error {
     InvalidValue { path: PathBuf, row_group: usize, column: String, kind: InvalidKind, row: usize },
 
     /// The input holds no usable row.
-    #[error("the input has no rows to {purpose}")]
-    NoRows { purpose: &'static str },
+    #[error("{input}: no rows to {purpose}")]
+    NoRows { input: String, purpose: &'static str },
+
+    /// A signal asked the run to stop; the state was checkpointed if a folder was given.
+    #[error("interrupted: {}", match checkpoint {
+        Some(path) => format!("checkpoint written to {} (run again with --resume to continue)", path.display()),
+        None => "no checkpoint written (use --checkpoint-dir to keep progress)".to_string(),
+    })]
+    Interrupted { checkpoint: Option<PathBuf> },
+
+    /// A configuration file is unreadable or has unknown keys or wrong types.
+    #[error("{}: {reason}", path.display())]
+    Config { path: PathBuf, reason: String },
 
     /// A feature has zero variance, so it cannot be standardised.
     #[error("feature '{feature}' is constant (every value is {value}): drop it with --exclude")]
@@ -160,6 +171,8 @@ pub enum ErrorClass {
     Data,
     /// Training diverged.
     Diverged,
+    /// A signal stopped the run.
+    Interrupted,
     /// Anything else: output could not be written, a bug.
     Other,
 }
@@ -168,7 +181,8 @@ impl Error {
     /// Classifies the error for the exit code and for callers that retry.
     pub fn class(&self) -> ErrorClass {
         match self {
-            Error::InvalidParameter { .. } => ErrorClass::Usage,
+            Error::InvalidParameter { .. } | Error::Config { .. } => ErrorClass::Usage,
+            Error::Interrupted { .. } => ErrorClass::Interrupted,
             Error::Diverged { .. } => ErrorClass::Diverged,
             Error::Write { .. } | Error::WorkerPanicked { .. } => ErrorClass::Other,
             Error::Io { action, .. }

@@ -69,7 +69,7 @@ pub fn evaluate(dataset: Arc<Dataset>, model: &Model, options: &ReadOptions) -> 
         recycle.give(block);
     }
     if n == 0 {
-        return Err(Error::NoRows { purpose: "evaluate" });
+        return Err(Error::NoRows { input: dataset.describe(), purpose: "evaluate" });
     }
     let mse = sse / n as f64;
     Ok(Metrics {

@@ -10,6 +10,7 @@
 //!   the fixed-order parallel sums and the multi-process seam;
 //! - [`model`], [`evaluate`]: the model file, metrics and predictions.
 
+pub mod checkpoint;
 pub mod dataset;
 pub mod decode;
 pub mod error;

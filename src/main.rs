@@ -11,6 +11,7 @@ use slope::ErrorClass;
 mod exit {
     pub const DATA: u8 = 3;
     pub const DIVERGED: u8 = 4;
+    pub const INTERRUPTED: u8 = 5;
     pub const OTHER: u8 = 1;
 }
 
@@ -34,6 +35,7 @@ fn main() -> ExitCode {
                 Some(ErrorClass::Usage) => 2,
                 Some(ErrorClass::Data) => exit::DATA,
                 Some(ErrorClass::Diverged) => exit::DIVERGED,
+                Some(ErrorClass::Interrupted) => exit::INTERRUPTED,
                 _ => exit::OTHER,
             })
         }

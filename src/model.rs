@@ -49,17 +49,38 @@ pub struct Model {
     pub stop: StopReason,
     /// The last epoch's report.
     pub last_epoch: Option<EpochReport>,
+    /// Under early stopping, the epoch whose weights these are.
+    pub best_epoch: Option<usize>,
     pub data: DataSummary,
+    /// The models this one descends from by warm starts, the nearest first.
+    #[serde(default)]
+    pub lineage: Vec<LineageEntry>,
 }
 
+/// One ancestor of a model: the model file a warm start began from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LineageEntry {
+    pub model: PathBuf,
+    /// FNV-1a hash of the model file's bytes, to tell copies apart from edits.
+    pub digest: String,
+    pub created_by: String,
+    /// The data that model was trained on.
+    pub data: DataSummary,
+    pub epochs_run: usize,
+    pub final_loss: f64,
+}
+
+/// Ancestors kept in a model's lineage; older ones are dropped.
+const LINEAGE_DEPTH: usize = 16;
+
 /// What the model was trained on.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DataSummary {
     pub rows: u64,
     pub shards: Vec<ShardSummary>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ShardSummary {
     pub path: PathBuf,
     pub bytes: u64,
@@ -87,7 +108,13 @@ impl Model {
         target: String,
         feature_columns: Vec<FeatureColumn>,
         dataset: &Dataset,
+        parent: Option<&Model>,
     ) -> Model {
+        let mut lineage = Vec::new();
+        if let (Some(entry), Some(parent)) = (&outcome.warm_start, parent) {
+            lineage.push(entry.clone());
+            lineage.extend(parent.lineage.iter().take(LINEAGE_DEPTH - 1).cloned());
+        }
         let features = feature_columns.iter().flat_map(FeatureColumn::feature_names).collect();
         Model {
             format: FORMAT.to_string(),
@@ -108,8 +135,23 @@ impl Model {
             stop_reason: outcome.stop_reason.to_string(),
             stop: outcome.stop_reason,
             last_epoch: outcome.history.last().cloned(),
+            best_epoch: outcome.best_epoch,
             data: DataSummary::of(dataset),
+            lineage,
         }
+    }
+
+    /// The lineage entry that names this model, read from `path`, as a warm start's parent.
+    pub fn lineage_entry(&self, path: &Path) -> Result<LineageEntry> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, "read", e))?;
+        Ok(LineageEntry {
+            model: path.to_path_buf(),
+            digest: format!("{:016x}", crate::checkpoint::fnv1a(&bytes)),
+            created_by: self.created_by.clone(),
+            data: self.data.clone(),
+            epochs_run: self.epochs_run,
+            final_loss: self.final_loss,
+        })
     }
 
     /// Reads and checks a model file.

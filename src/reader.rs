@@ -27,7 +27,7 @@ use crossbeam_channel::{Receiver, Sender, bounded};
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 
 use crate::dataset::{ColumnPlan, Dataset, Shard, Unit};
-use crate::decode::{Affine, Block, Decoder, OnInvalid};
+use crate::decode::{Affine, Block, Decoder, OnInvalid, Split};
 use crate::error::{Error, Result};
 
 /// Blocks each worker may queue ahead of the consumer. Two keep a worker busy while the consumer
@@ -48,6 +48,8 @@ pub struct ReadOptions {
     pub on_invalid: OnInvalid,
     /// Applied to every feature after validation (standardisation).
     pub transform: Option<Arc<Affine>>,
+    /// Keep only the training or only the validation rows of a hashed split.
+    pub split: Option<Split>,
 }
 
 impl Default for ReadOptions {
@@ -57,6 +59,7 @@ impl Default for ReadOptions {
             block_rows: DEFAULT_BLOCK_ROWS,
             on_invalid: OnInvalid::Error,
             transform: None,
+            split: None,
         }
     }
 }
@@ -237,6 +240,7 @@ impl Worker {
             plan: &self.plan,
             on_invalid: self.options.on_invalid,
             transform: self.options.transform.as_deref(),
+            split: self.options.split,
             path: &shard.path,
             row_group: unit.row_group,
         };
@@ -284,9 +288,14 @@ pub(crate) fn open_row_group(
     built.map_err(|e| Error::Decode {
         path: shard.path.clone(),
         row_group,
-        columns: plan.read_columns().collect::<Vec<_>>().join(", "),
+        columns: describe_columns(plan),
         source: Box::new(e),
     })
+}
+
+fn describe_columns(plan: &ColumnPlan) -> String {
+    let names: Vec<String> = plan.read_columns().map(|c| format!("'{c}'")).collect();
+    format!("columns {}", names.join(", "))
 }
 
 /// Builds the error for a row group that failed to decode. Only on this path, each column is
@@ -305,8 +314,8 @@ fn decode_failure(
         }
     });
     let columns = match culprit {
-        Some(name) => name.to_string(),
-        None => plan.read_columns().collect::<Vec<_>>().join(", "),
+        Some(name) => format!("column '{name}'"),
+        None => describe_columns(plan),
     };
     Error::Decode { path: shard.path.clone(), row_group, columns, source: Box::new(error) }
 }

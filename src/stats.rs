@@ -128,7 +128,7 @@ pub fn standardization(
         recycle.give(block);
     }
     if moments.rows == 0 {
-        return Err(Error::NoRows { purpose: "standardise" });
+        return Err(Error::NoRows { input: dataset.describe(), purpose: "standardise" });
     }
     let std = moments.std();
     let names = plan.feature_names();
@@ -163,7 +163,7 @@ pub fn sample_standardization(
     }
     drop(stream);
     if moments.rows == 0 {
-        return Err(Error::NoRows { purpose: "train on" });
+        return Err(Error::NoRows { input: dataset.describe(), purpose: "train on" });
     }
     let std = moments
         .std()

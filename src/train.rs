@@ -16,14 +16,18 @@
 //! shuffler's channel, computes the gradient on its own rayon pool, and passes the summed
 //! gradient through a [`Reducer`] before stepping, which is where a multi-process run joins.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use crate::checkpoint::{self, Best, Checkpoint, CheckpointPolicy, Fingerprint, Progress};
 use crate::dataset::{ColumnPlan, Dataset, Unit};
-use crate::decode::OnInvalid;
+use crate::decode::{OnInvalid, Part, Split};
 use crate::error::{Error, Result};
+use crate::model::LineageEntry;
 use crate::reader::{BlockStream, DEFAULT_BLOCK_ROWS, ReadOptions};
 use crate::reduce::{self, LocalReducer, NormalSums, Reducer, Scratch};
 use crate::schedule::Schedule;
@@ -131,6 +135,22 @@ pub struct TrainConfig {
     pub shuffle_buffer: usize,
     pub on_invalid: OnInvalid,
     pub block_rows: usize,
+    /// Hold out this fraction of the training rows for validation (0 for none), chosen by a
+    /// hash of each row's position: the same rows in every epoch and after every resume.
+    #[serde(default)]
+    pub validation_fraction: f64,
+    /// Stop when the validation loss stops improving, and keep the best epoch's weights.
+    #[serde(default)]
+    pub early_stopping: Option<EarlyStopping>,
+}
+
+/// When early stopping gives up on an epoch that did not improve.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EarlyStopping {
+    /// Epochs without improvement tolerated before stopping.
+    pub patience: usize,
+    /// An improvement smaller than this does not count.
+    pub min_delta: f64,
 }
 
 impl TrainConfig {
@@ -150,7 +170,33 @@ impl TrainConfig {
             shuffle_buffer: DEFAULT_SHUFFLE_BUFFER,
             on_invalid: OnInvalid::Error,
             block_rows: DEFAULT_BLOCK_ROWS,
+            validation_fraction: 0.0,
+            early_stopping: None,
         }
+    }
+
+    /// Names of the settings that differ from `other` and shape the result. `threads` (which
+    /// never changes the bits) and `epochs` (which may be raised to train on) are left out.
+    pub fn differences(&self, other: &TrainConfig) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        let mut check = |name: &'static str, same: bool| {
+            if !same {
+                out.push(name);
+            }
+        };
+        check("algo", self.algorithm == other.algorithm);
+        check("batch-size", self.batch_size == other.batch_size);
+        check("schedule", self.schedule == other.schedule);
+        check("tol", self.tol.to_bits() == other.tol.to_bits());
+        check("l2", self.l2.to_bits() == other.l2.to_bits());
+        check("scaling", self.scaling == other.scaling);
+        check("seed", self.seed == other.seed);
+        check("shuffle", self.shuffle == other.shuffle);
+        check("shuffle-buffer", self.shuffle_buffer == other.shuffle_buffer);
+        check("on-invalid", self.on_invalid == other.on_invalid);
+        check("validation-fraction", self.validation_fraction.to_bits() == other.validation_fraction.to_bits());
+        check("early-stopping", self.early_stopping == other.early_stopping);
+        out
     }
 
     /// Checks every parameter's range.
@@ -174,15 +220,29 @@ impl TrainConfig {
         if self.block_rows == 0 {
             return Err(Error::param("block rows", "at least 1", 0));
         }
+        if !(0.0..1.0).contains(&self.validation_fraction) {
+            return Err(Error::param("--validation-fraction", "a number in [0, 1)", self.validation_fraction));
+        }
+        if let Some(es) = self.early_stopping {
+            if es.patience == 0 {
+                return Err(Error::param("--patience", "at least 1", 0));
+            }
+            if !(es.min_delta.is_finite() && es.min_delta >= 0.0) {
+                return Err(Error::param("--min-delta", "a number >= 0", es.min_delta));
+            }
+        }
         Ok(())
     }
 
-    fn read_options(&self, standardization: Option<&Standardization>) -> ReadOptions {
+    fn read_options(&self, standardization: Option<&Standardization>, part: Part) -> ReadOptions {
+        let split = (self.validation_fraction > 0.0)
+            .then_some(Split { fraction: self.validation_fraction, part });
         ReadOptions {
             workers: self.threads,
             block_rows: self.block_rows,
             on_invalid: self.on_invalid,
             transform: standardization.map(|s| Arc::new(s.affine())),
+            split,
         }
     }
 
@@ -201,7 +261,7 @@ impl TrainConfig {
             _ => 0,
         };
         let batches = ((BATCH_QUEUE + 3) * batch_rows * (d + 1) * 4) as u64;
-        let decode = self.read_options(None).bytes_in_flight(plan);
+        let decode = self.read_options(None, Part::Train).bytes_in_flight(plan);
         let normal = match self.algorithm {
             Algorithm::Normal => ((self.threads + 2) * (d + 1) * (d + 1) * 8) as u64,
             _ => 0,
@@ -241,6 +301,8 @@ pub enum StopReason {
     GradientTolerance { norm: f64, tol: f64 },
     /// The training loss changed by less than `--tol`, relatively, between epochs.
     LossTolerance { change: f64, tol: f64 },
+    /// The validation loss did not improve for `patience` epochs.
+    EarlyStopping { best_epoch: usize, patience: usize },
 }
 
 impl std::fmt::Display for StopReason {
@@ -254,6 +316,10 @@ impl std::fmt::Display for StopReason {
             StopReason::LossTolerance { change, tol } => {
                 write!(f, "training loss changed by {change:.3e} (relative), below --tol {tol:e}")
             }
+            StopReason::EarlyStopping { best_epoch, patience } => write!(
+                f,
+                "validation loss did not improve for {patience} epochs; kept epoch {best_epoch}"
+            ),
         }
     }
 }
@@ -267,9 +333,13 @@ pub struct EpochReport {
     pub updates: u64,
     /// Rows used in this epoch.
     pub rows: u64,
-    /// Training MSE: for `batch` and `normal`, exact at the epoch's starting weights; for the
-    /// stochastic algorithms, the mean of each row's loss just before the update that used it.
+    /// Training MSE (plus the ridge term): for `batch` and `normal`, exact at the epoch's
+    /// starting weights; for the stochastic algorithms, the mean of each row's loss just
+    /// before the update that used it.
     pub loss: f64,
+    /// MSE on the validation rows at the epoch's final weights.
+    #[serde(default)]
+    pub validation_loss: Option<f64>,
     /// Step size of the last update.
     pub eta: f64,
     /// Gradient norm, for `batch`.
@@ -280,17 +350,47 @@ pub struct EpochReport {
 
 /// Hooks through which a caller watches training; every method has a silent default.
 pub trait Observer {
-    /// A pass over `rows` rows begins (`what` is "epoch 3", "standardize", …).
+    /// A pass over `rows` rows begins (`what` is "epoch 3/10", "standardize", …).
     fn pass_started(&mut self, _what: &str, _rows: u64) {}
     /// Some rows of the current pass were processed.
     fn rows_done(&mut self, _rows: u64) {}
     /// An epoch ended.
     fn epoch_finished(&mut self, _report: &EpochReport) {}
+    /// Training resumes from `checkpoint`, after the epochs of `history`.
+    fn resumed(&mut self, _checkpoint: &Path, _history: &[EpochReport]) {}
+    /// A checkpoint was written.
+    fn checkpoint_written(&mut self, _path: &Path) {}
 }
 
 /// An observer that ignores everything.
 pub struct Silent;
 impl Observer for Silent {}
+
+/// A model to start from rather than zero weights.
+#[derive(Clone, Debug)]
+pub struct WarmStart {
+    /// Weights and bias in the units of the raw columns, in the plan's feature order.
+    pub weights: Vec<f64>,
+    pub bias: f64,
+    /// The earlier model's scaling statistics, reused unless `recompute_scaling` is set.
+    pub scaling: Option<Standardization>,
+    pub recompute_scaling: bool,
+    /// Where it came from, for the new model's lineage.
+    pub lineage: LineageEntry,
+}
+
+/// Inputs of a run that are not part of its reproducible configuration.
+#[derive(Default)]
+pub struct RunOptions {
+    pub checkpoints: Option<CheckpointPolicy>,
+    /// Continue from the newest valid checkpoint in the checkpoint folder, if there is one.
+    pub resume: bool,
+    pub warm_start: Option<WarmStart>,
+    /// Held-out shards for the validation loss (`--validation`).
+    pub validation: Option<Arc<Dataset>>,
+    /// Raised by a signal handler: finish the current update, checkpoint, stop.
+    pub cancel: Option<Arc<AtomicBool>>,
+}
 
 /// The result of training, with weights in the units of the raw columns.
 #[derive(Clone, Debug)]
@@ -302,11 +402,17 @@ pub struct TrainOutcome {
     pub updates: u64,
     /// Rows used, all epochs together.
     pub rows_seen: u64,
-    /// Rows dropped under `--on-invalid skip`, all passes together.
+    /// Rows dropped under `--on-invalid skip` (distinct rows: each epoch meets the same ones).
     pub rows_skipped: u64,
     pub final_loss: f64,
     pub stop_reason: StopReason,
     pub history: Vec<EpochReport>,
+    /// The epoch whose weights these are, under early stopping.
+    pub best_epoch: Option<usize>,
+    /// The checkpoint the run resumed from.
+    pub resumed_from: Option<PathBuf>,
+    /// The model a warm start began from.
+    pub warm_start: Option<LineageEntry>,
 }
 
 /// Trains a linear model on `dataset` with the columns of `plan`, on this process alone.
@@ -316,72 +422,191 @@ pub fn train(
     config: &TrainConfig,
     observer: &mut dyn Observer,
 ) -> Result<TrainOutcome> {
-    train_with_reducer(dataset, plan, config, observer, &mut LocalReducer)
+    train_with(dataset, plan, config, RunOptions::default(), observer, &mut LocalReducer)
 }
 
-/// Trains with `reducer` combining this process's sums with its peers'.
-pub fn train_with_reducer(
+/// Trains with checkpoints, resume, warm start, validation and cancellation as `options` say,
+/// and with `reducer` combining this process's sums with its peers'.
+pub fn train_with(
     dataset: Arc<Dataset>,
     plan: Arc<ColumnPlan>,
     config: &TrainConfig,
+    options: RunOptions,
     observer: &mut dyn Observer,
     reducer: &mut dyn Reducer,
 ) -> Result<TrainOutcome> {
     config.validate()?;
-    if plan.target.is_none() {
+    let Some(target) = plan.target.clone() else {
         return Err(Error::param("--target", "a target column", "none"));
+    };
+    if options.validation.is_some() && config.validation_fraction > 0.0 {
+        return Err(Error::param(
+            "validation",
+            "either --validation or --validation-fraction",
+            "both",
+        ));
+    }
+    if config.early_stopping.is_some()
+        && options.validation.is_none()
+        && config.validation_fraction == 0.0
+    {
+        return Err(Error::param(
+            "--early-stopping",
+            "validation rows (--validation or --validation-fraction)",
+            "none",
+        ));
+    }
+    if let Some(policy) = &options.checkpoints {
+        policy.prepare()?;
     }
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(config.threads)
         .thread_name(|i| format!("slope-grad-{i}"))
         .build()
-        .map_err(|e| {
-            Error::io("thread pool", "create the gradient thread pool", std::io::Error::other(e))
-        })?;
+        .map_err(|e| Error::io("thread pool", "create", std::io::Error::other(e)))?;
+    let fingerprint = Fingerprint::of(&dataset, &plan);
 
-    let read = config.read_options(None);
-    let standardization = match config.scaling {
-        Scaling::Full => {
-            observer.pass_started("standardize", dataset.rows());
-            Some(stats::standardization(&dataset, &plan, &read)?)
+    // Start-up: resume from a checkpoint, or start fresh (optionally from an earlier model).
+    let resumed = match (&options.checkpoints, options.resume) {
+        (Some(policy), true) => Checkpoint::newest(&policy.dir)?,
+        (None, true) => {
+            return Err(Error::param("--resume", "a --checkpoint-dir to resume from", "none"));
         }
-        // The closed form is exact in any units; a sample buys it nothing.
-        Scaling::Sample if config.algorithm == Algorithm::Normal => None,
-        Scaling::Sample => Some(stats::sample_standardization(&dataset, &plan, &read)?),
-        Scaling::None => None,
+        _ => None,
     };
-    if let Some(s) = &standardization {
+    let (scaling, progress, warm_lineage, resumed_from) = match resumed {
+        Some((path, checkpoint)) => {
+            checkpoint.check_compatible(&path, config, &fingerprint)?;
+            if checkpoint.target != target || checkpoint.feature_columns != plan.features {
+                return Err(Error::Model {
+                    path,
+                    reason: "cannot resume: the target or feature columns changed".into(),
+                });
+            }
+            tracing::info!(
+                "resuming from {} (epoch {}, {} updates)",
+                path.display(),
+                checkpoint.progress.epoch,
+                checkpoint.progress.updates
+            );
+            observer.resumed(&path, &checkpoint.progress.history);
+            (checkpoint.scaling, checkpoint.progress, checkpoint.warm_start, Some(path))
+        }
+        None => {
+            if options.resume {
+                tracing::info!("no checkpoint to resume from: starting from the beginning");
+            }
+            let scaling = initial_scaling(&dataset, &plan, config, &options, observer)?;
+            let mut progress = Progress { epoch: 1, ..Progress::default() };
+            match &options.warm_start {
+                Some(warm) => {
+                    let (w, b) = to_training_units(&warm.weights, warm.bias, scaling.as_ref());
+                    progress.w = w;
+                    progress.b = b;
+                }
+                None => progress.w = vec![0.0; plan.d],
+            }
+            let lineage = options.warm_start.as_ref().map(|w| w.lineage.clone());
+            (scaling, progress, lineage, None)
+        }
+    };
+    if let Some(s) = &scaling {
         tracing::debug!("features scaled with statistics of {} rows ({:?})", s.rows, s.source);
     }
+
+    let validation = match &options.validation {
+        Some(v) => {
+            let vplan =
+                ColumnPlan::for_model(v, plan.features.clone(), Some(target.clone()), Vec::new())?;
+            let mut read = config.read_options(scaling.as_ref(), Part::Train);
+            read.split = None;
+            Some((Arc::clone(v), Arc::new(vplan), read))
+        }
+        None if config.validation_fraction > 0.0 => Some((
+            Arc::clone(&dataset),
+            Arc::clone(&plan),
+            config.read_options(scaling.as_ref(), Part::Validation),
+        )),
+        None => None,
+    };
+
     let mut trainer = Trainer {
         units: dataset.units(),
+        read: config.read_options(scaling.as_ref(), Part::Train),
         dataset,
         plan,
         config,
-        read: config.read_options(standardization.as_ref()),
         pool,
         reducer,
         observer,
-        state: State::new(),
+        p: progress,
+        validation,
+        checkpoints: options.checkpoints,
+        cancel: options.cancel,
+        last_checkpoint: (0, Instant::now()),
+        target,
+        fingerprint,
+        scaling: scaling.clone(),
+        warm_lineage: warm_lineage.clone(),
     };
+    trainer.last_checkpoint.0 = trainer.p.updates;
     let stop_reason = match config.algorithm {
         Algorithm::Normal => trainer.solve_closed_form()?,
         Algorithm::Batch => trainer.run_epochs(Trainer::batch_epoch)?,
         Algorithm::Minibatch | Algorithm::Sgd => trainer.run_epochs(Trainer::stochastic_epoch)?,
     };
-    let state = trainer.state;
-    let (weights, bias) = to_raw_units(&state.w, state.b, standardization.as_ref());
+
+    let p = trainer.p;
+    let best_epoch = p.best.as_ref().map(|b| b.epoch);
+    let (w, b) = match &p.best {
+        Some(best) => (&best.w, best.b),
+        None => (&p.w, p.b),
+    };
+    let (weights, bias) = to_raw_units(w, b, scaling.as_ref());
     Ok(TrainOutcome {
         weights,
         bias,
-        standardization,
-        epochs_run: state.history.len(),
-        updates: state.updates,
-        rows_seen: state.rows_seen,
-        rows_skipped: state.rows_skipped,
-        final_loss: state.history.last().map_or(f64::NAN, |r| r.loss),
+        standardization: scaling,
+        epochs_run: p.history.len(),
+        updates: p.updates,
+        rows_seen: p.rows_seen,
+        rows_skipped: p.rows_skipped,
+        final_loss: p.history.last().map_or(f64::NAN, |r| r.loss),
         stop_reason,
-        history: state.history,
+        history: p.history,
+        best_epoch,
+        resumed_from,
+        warm_start: warm_lineage,
+    })
+}
+
+/// The scaling statistics a fresh run trains with.
+fn initial_scaling(
+    dataset: &Arc<Dataset>,
+    plan: &Arc<ColumnPlan>,
+    config: &TrainConfig,
+    options: &RunOptions,
+    observer: &mut dyn Observer,
+) -> Result<Option<Standardization>> {
+    if let Some(warm) = &options.warm_start
+        && !warm.recompute_scaling
+        && warm.scaling.is_some()
+    {
+        tracing::info!("reusing the warm-start model's scaling statistics");
+        return Ok(warm.scaling.clone());
+    }
+    // Statistics describe every row, validation rows included, as in the model file.
+    let read = config.read_options(None, Part::Train);
+    let read = ReadOptions { split: None, ..read };
+    Ok(match config.scaling {
+        Scaling::Full => {
+            observer.pass_started("standardize", dataset.rows());
+            Some(stats::standardization(dataset, plan, &read)?)
+        }
+        // The closed form is exact in any units; a sample buys it nothing.
+        Scaling::Sample if config.algorithm == Algorithm::Normal => None,
+        Scaling::Sample => Some(stats::sample_standardization(dataset, plan, &read)?),
+        Scaling::None => None,
     })
 }
 
@@ -398,47 +623,19 @@ fn to_raw_units(w: &[f64], b: f64, s: Option<&Standardization>) -> (Vec<f64>, f6
     }
 }
 
-/// The weights and counters that training advances.
-struct State {
-    w: Vec<f64>,
-    b: f64,
-    updates: u64,
-    rows_seen: u64,
-    rows_skipped: u64,
-    history: Vec<EpochReport>,
-}
-
-impl State {
-    fn new() -> State {
-        State {
-            w: Vec::new(),
-            b: 0.0,
-            updates: 0,
-            rows_seen: 0,
-            rows_skipped: 0,
-            history: Vec::new(),
-        }
-    }
-
-    /// Fails if the weights stopped being finite.
-    fn check_finite(&self, epoch: usize) -> Result<()> {
-        if self.b.is_finite() && self.w.iter().all(|w| w.is_finite()) {
-            Ok(())
-        } else {
-            Err(Error::Diverged {
-                epoch,
-                update: self.updates,
-                what: "the weights overflowed".into(),
-            })
+/// The inverse of [`to_raw_units`]: `w_s = w·s`, `b_s = b + Σ w·m`.
+fn to_training_units(w: &[f64], b: f64, s: Option<&Standardization>) -> (Vec<f64>, f64) {
+    match s {
+        None => (w.to_vec(), b),
+        Some(s) => {
+            let shift: f64 = w.iter().zip(&s.mean).map(|(w, m)| w * m).sum();
+            (w.iter().zip(&s.std).map(|(w, s)| w * s).collect(), b + shift)
         }
     }
 }
 
-/// What an epoch function reports back to the epoch loop.
+/// What an epoch function adds up besides what it stores in the progress.
 struct EpochSums {
-    rows: u64,
-    loss_sum: f64,
-    eta: f64,
     gradient_norm: Option<f64>,
 }
 
@@ -451,301 +648,435 @@ struct Trainer<'a> {
     pool: rayon::ThreadPool,
     reducer: &'a mut dyn Reducer,
     observer: &'a mut dyn Observer,
-    state: State,
+    /// Everything a checkpoint must restore.
+    p: Progress,
+    validation: Option<(Arc<Dataset>, Arc<ColumnPlan>, ReadOptions)>,
+    checkpoints: Option<CheckpointPolicy>,
+    cancel: Option<Arc<AtomicBool>>,
+    /// Updates and time at the last checkpoint.
+    last_checkpoint: (u64, Instant),
+    target: String,
+    fingerprint: Fingerprint,
+    scaling: Option<Standardization>,
+    warm_lineage: Option<LineageEntry>,
 }
 
 impl Trainer<'_> {
-    /// Runs epochs until the cap, the tolerance, or divergence.
+    /// Runs epochs until the cap, a stopping rule, divergence or cancellation.
     fn run_epochs(
         &mut self,
         epoch_fn: fn(&mut Self, usize) -> Result<EpochSums>,
     ) -> Result<StopReason> {
         let config = self.config;
-        self.state.w = vec![0.0; self.plan.d];
-        let mut rising = 0;
-        for epoch in 1..=config.epochs {
-            // Start-up of the epoch: announce it, then stream it.
+        loop {
+            let epoch = self.p.epoch;
+            if epoch > config.epochs {
+                return Ok(StopReason::EpochLimit { epochs: config.epochs });
+            }
+            // Start of the epoch: announce it, then stream it (resuming mid-way if the
+            // progress says so).
             let started = Instant::now();
-            self.observer
-                .pass_started(&format!("epoch {epoch}/{}", config.epochs), self.dataset.rows());
+            let what = format!("epoch {epoch}/{}", config.epochs);
+            self.observer.pass_started(&what, self.dataset.rows());
             let sums = epoch_fn(self, epoch)?;
-            if sums.rows == 0 {
-                return Err(Error::NoRows { purpose: "train on" });
+            if self.p.epoch_rows == 0 {
+                return Err(Error::NoRows { input: self.dataset.describe(), purpose: "train on" });
             }
 
             // Epoch boundary: record what happened, then decide whether to go on.
-            let loss = sums.loss_sum / sums.rows as f64;
+            let loss = self.p.epoch_loss_sum / self.p.epoch_rows as f64;
+            let validation_loss = self.validation_loss()?;
             let elapsed = started.elapsed().as_secs_f64();
             let report = EpochReport {
                 epoch,
-                updates: self.state.updates,
-                rows: sums.rows,
+                updates: self.p.updates,
+                rows: self.p.epoch_rows,
                 loss,
-                eta: sums.eta,
+                validation_loss,
+                eta: self.p.epoch_eta,
                 gradient_norm: sums.gradient_norm,
-                rows_per_sec: sums.rows as f64 / elapsed.max(1e-9),
+                rows_per_sec: self.p.epoch_rows as f64 / elapsed.max(1e-9),
                 elapsed_secs: elapsed,
             };
             self.observer.epoch_finished(&report);
-            let previous = self.state.history.last().map(|r| r.loss);
-            let first = self.state.history.first().map_or(loss, |r| r.loss);
-            self.state.history.push(report);
-
-            if !loss.is_finite() || loss > 1e8 * first.max(f64::MIN_POSITIVE) {
-                let what = format!("training loss {loss:.3e}");
-                return Err(Error::Diverged { epoch, update: self.state.updates, what });
+            let previous = self.p.history.last().map(|r| r.loss);
+            let first = self.p.history.first().map_or(loss, |r| r.loss);
+            self.p.history.push(report);
+            if let Some(stop) = self.decide(epoch, loss, previous, first, &sums, validation_loss)? {
+                return Ok(stop);
             }
-            self.state.check_finite(epoch)?;
-            if let Some(norm) = sums.gradient_norm {
-                if norm <= config.tol {
-                    return Ok(StopReason::GradientTolerance { norm, tol: config.tol });
-                }
-                // Gradient descent with a stable step never raises the loss of a convex
-                // quadratic, so a loss that keeps rising is a step that is too large. Rises
-                // below one part in 10⁴ are rounding noise near the optimum, not divergence.
-                rising =
-                    if previous.is_some_and(|p| loss > p * (1.0 + 1e-4)) { rising + 1 } else { 0 };
-                if rising >= 3 {
-                    let what = format!("training loss rose for 3 epochs in a row, to {loss:.3e}");
-                    return Err(Error::Diverged { epoch, update: self.state.updates, what });
-                }
-            } else if let Some(prev) = previous {
-                let change = (prev - loss).abs() / prev.abs().max(f64::MIN_POSITIVE);
-                if change < config.tol {
-                    return Ok(StopReason::LossTolerance { change, tol: config.tol });
+
+            // The next epoch starts from a clean slate; checkpoint that state.
+            self.p.epoch += 1;
+            self.p.batches_done = 0;
+            self.p.epoch_rows = 0;
+            self.p.epoch_loss_sum = 0.0;
+            self.p.epoch_eta = 0.0;
+            if self.p.epoch <= config.epochs {
+                self.write_checkpoint()?;
+            }
+        }
+    }
+
+    /// The stopping and divergence rules, applied at the end of an epoch.
+    fn decide(
+        &mut self,
+        epoch: usize,
+        loss: f64,
+        previous: Option<f64>,
+        first: f64,
+        sums: &EpochSums,
+        validation_loss: Option<f64>,
+    ) -> Result<Option<StopReason>> {
+        let config = self.config;
+        let updates = self.p.updates;
+        if !loss.is_finite() || loss > 1e8 * first.max(f64::MIN_POSITIVE) {
+            let what = format!("training loss {loss:.3e}");
+            return Err(Error::Diverged { epoch, update: updates, what });
+        }
+        self.check_finite(epoch)?;
+        if let (Some(es), Some(v)) = (config.early_stopping, validation_loss) {
+            let improved = self.p.best.as_ref().is_none_or(|b| v < b.validation_loss - es.min_delta);
+            if improved {
+                let (w, b) = (self.p.w.clone(), self.p.b);
+                self.p.best = Some(Best { epoch, validation_loss: v, w, b });
+                self.p.since_best = 0;
+            } else {
+                self.p.since_best += 1;
+                if self.p.since_best >= es.patience {
+                    let best_epoch = self.p.best.as_ref().map_or(epoch, |b| b.epoch);
+                    return Ok(Some(StopReason::EarlyStopping { best_epoch, patience: es.patience }));
                 }
             }
         }
-        Ok(StopReason::EpochLimit { epochs: config.epochs })
+        if let Some(norm) = sums.gradient_norm {
+            if norm <= config.tol {
+                return Ok(Some(StopReason::GradientTolerance { norm, tol: config.tol }));
+            }
+            // Gradient descent with a stable step never raises the loss of a convex quadratic,
+            // so a loss that keeps rising is a step that is too large. Rises below one part in
+            // 10⁴ are rounding noise near the optimum, not divergence.
+            let rose = previous.is_some_and(|p| loss > p * (1.0 + 1e-4));
+            self.p.rising = if rose { self.p.rising + 1 } else { 0 };
+            if self.p.rising >= 3 {
+                let what = format!("training loss rose for 3 epochs in a row, to {loss:.3e}");
+                return Err(Error::Diverged { epoch, update: updates, what });
+            }
+        } else if let Some(prev) = previous {
+            let change = (prev - loss).abs() / prev.abs().max(f64::MIN_POSITIVE);
+            if change < config.tol {
+                return Ok(Some(StopReason::LossTolerance { change, tol: config.tol }));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Fails if the weights stopped being finite.
+    fn check_finite(&self, epoch: usize) -> Result<()> {
+        if self.p.b.is_finite() && self.p.w.iter().all(|w| w.is_finite()) {
+            Ok(())
+        } else {
+            let what = "the weights overflowed".into();
+            Err(Error::Diverged { epoch, update: self.p.updates, what })
+        }
     }
 
     /// Full-batch gradient descent: the exact gradient over every row, then one step.
-    fn batch_epoch(&mut self, _epoch: usize) -> Result<EpochSums> {
+    ///
+    /// The pass is not checkpointed mid-way (its only update comes at the end); a cancelled
+    /// pass is abandoned and the checkpoint records the state at its start.
+    fn batch_epoch(&mut self, epoch: usize) -> Result<EpochSums> {
         let d = self.plan.d;
-        let w32: Vec<f32> = self.state.w.iter().map(|&w| w as f32).collect();
-        let b32 = self.state.b as f32;
+        let w32: Vec<f32> = self.p.w.iter().map(|&w| w as f32).collect();
+        let b32 = self.p.b as f32;
         let mut total = vec![0.0f64; d + 3];
         let mut part = vec![0.0f64; d + 2];
         let mut scratch = Scratch::default();
-        let mut stream = self.stream(self.units.clone())?;
+        let mut skipped = 0u64;
+        let mut stream = self.stream(self.units.clone(), &self.read)?;
         let recycle = stream.recycler();
         for block in &mut stream {
             let block = block?;
-            reduce::gradient_sums(
-                Some(&self.pool),
-                &block.x,
-                &block.y,
-                &w32,
-                b32,
-                &mut scratch,
-                &mut part,
-            );
+            reduce::gradient_sums(Some(&self.pool), &block.x, &block.y, &w32, b32, &mut scratch, &mut part);
             for (t, p) in total.iter_mut().zip(&part) {
                 *t += p;
             }
             total[d + 2] += block.rows as f64;
-            self.state.rows_skipped += block.skipped as u64;
+            skipped += block.skipped as u64;
             self.observer.rows_done((block.rows + block.skipped) as u64);
             recycle.give(block);
+            if self.cancelled() {
+                drop(stream);
+                return Err(self.interrupt()?);
+            }
         }
         drop(stream);
         self.reducer.all_reduce_sum(&mut total)?;
 
         let n = total[d + 2];
-        let eta = self.config.schedule.eta(self.state.updates);
+        let eta = self.config.schedule.eta(self.p.updates);
+        let penalty = self.penalty();
         let mut norm2 = 0.0;
         if n > 0.0 {
             let l2 = self.config.l2;
-            for (j, w) in self.state.w.iter_mut().enumerate() {
-                let g = 2.0 * total[j] / n + 2.0 * l2 * *w;
+            for (j, w) in self.p.w.iter().enumerate() {
+                let g = 2.0 * total[j] / n + 2.0 * l2 * w;
                 norm2 += g * g;
                 total[j] = g;
             }
             let gb = 2.0 * total[d] / n;
             norm2 += gb * gb;
-            let norm = norm2.sqrt();
             // At the tolerance the current weights are the answer: no further step.
-            if norm > self.config.tol {
-                for (w, g) in self.state.w.iter_mut().zip(&total) {
+            if norm2.sqrt() > self.config.tol {
+                for (w, g) in self.p.w.iter_mut().zip(&total) {
                     *w -= eta * g;
                 }
-                self.state.b -= eta * gb;
-                self.state.updates += 1;
+                self.p.b -= eta * gb;
+                self.p.updates += 1;
             }
         }
-        let penalty = self.penalty();
-        self.state.rows_seen += n as u64;
-        Ok(EpochSums {
-            rows: n as u64,
-            loss_sum: total[d + 1] + penalty * n,
-            eta,
-            gradient_norm: Some(norm2.sqrt()),
-        })
+        let _ = epoch;
+        self.p.rows_skipped = skipped;
+        self.p.rows_seen += n as u64;
+        self.p.epoch_rows = n as u64;
+        self.p.epoch_loss_sum = total[d + 1] + penalty * n;
+        self.p.epoch_eta = eta;
+        Ok(EpochSums { gradient_norm: Some(norm2.sqrt()) })
     }
 
     /// One shuffled pass of mini-batch (or per-row) stochastic gradient descent.
+    ///
+    /// When resuming mid-epoch, the epoch's batches are regenerated from the seed and the first
+    /// `batches_done` are discarded, so the rest are exactly those of the interrupted run.
     fn stochastic_epoch(&mut self, epoch: usize) -> Result<EpochSums> {
         let config = self.config;
         let order = epoch_order(&self.units, config.seed, epoch as u64, config.shuffle);
-        let blocks = self.stream(order)?;
+        let blocks = self.stream(order, &self.read)?;
         let per_row = config.algorithm == Algorithm::Sgd;
         let batch_rows = if per_row { SGD_TRANSFER_ROWS } else { config.batch_size };
-        let mut batches = BatchStream::start(
-            blocks,
-            self.plan.d,
-            if config.shuffle { config.shuffle_buffer } else { 0 },
-            batch_rows,
-            config.seed,
-            epoch as u64,
-        )?;
+        let capacity = if config.shuffle { config.shuffle_buffer } else { 0 };
+        let mut batches =
+            BatchStream::start(blocks, self.plan.d, capacity, batch_rows, config.seed, epoch as u64)?;
         let recycle = batches.recycler();
-
-        let mut sums = EpochSums { rows: 0, loss_sum: 0.0, eta: 0.0, gradient_norm: None };
+        let replay = self.p.batches_done;
+        let mut index = 0u64;
         let mut step = StepScratch::new(self.plan.d);
         for batch in &mut batches {
             let batch = batch?;
-            if per_row {
-                self.sgd_rows(&batch, &mut sums);
-            } else {
-                self.minibatch_step(&batch, &mut step, &mut sums)?;
-            }
-            sums.rows += batch.rows as u64;
+            index += 1;
             self.observer.rows_done(batch.rows as u64);
-            if !sums.loss_sum.is_finite() {
-                self.state.check_finite(epoch)?;
-                let what = "the training loss overflowed".to_string();
-                return Err(Error::Diverged { epoch, update: self.state.updates, what });
+            if index <= replay {
+                recycle.give(batch);
+                continue;
             }
+            if per_row {
+                self.sgd_rows(&batch);
+            } else {
+                self.minibatch_step(&batch, &mut step)?;
+            }
+            self.p.epoch_rows += batch.rows as u64;
+            self.p.rows_seen += batch.rows as u64;
+            self.p.batches_done += 1;
             recycle.give(batch);
+            if !self.p.epoch_loss_sum.is_finite() {
+                self.check_finite(epoch)?;
+                let what = "the training loss overflowed".to_string();
+                return Err(Error::Diverged { epoch, update: self.p.updates, what });
+            }
+            self.between_batches()?;
         }
-        self.state.rows_skipped += batches.skipped();
+        // Every epoch meets the same invalid rows: count them once.
+        self.p.rows_skipped = batches.skipped();
         self.observer.rows_done(batches.skipped());
-        sums.loss_sum += self.penalty() * sums.rows as f64;
-        self.state.rows_seen += sums.rows;
-        Ok(sums)
+        self.p.epoch_loss_sum += self.penalty() * self.p.epoch_rows as f64;
+        Ok(EpochSums { gradient_norm: None })
     }
 
     /// One mini-batch update: `w ← w − eta·((2/n) Xᵀr + 2·l2·w)`, `b ← b − eta·(2/n) Σ r`.
-    fn minibatch_step(
-        &mut self,
-        batch: &Batch,
-        s: &mut StepScratch,
-        sums: &mut EpochSums,
-    ) -> Result<()> {
+    fn minibatch_step(&mut self, batch: &Batch, s: &mut StepScratch) -> Result<()> {
         let d = self.plan.d;
-        for (w32, w) in s.w32.iter_mut().zip(&self.state.w) {
+        for (w32, w) in s.w32.iter_mut().zip(&self.p.w) {
             *w32 = *w as f32;
         }
-        let b32 = self.state.b as f32;
+        let b32 = self.p.b as f32;
         let (grad, rows) = s.sums.split_at_mut(d + 2);
-        reduce::gradient_sums(
-            Some(&self.pool),
-            &batch.x,
-            &batch.y,
-            &s.w32,
-            b32,
-            &mut s.scratch,
-            grad,
-        );
+        reduce::gradient_sums(Some(&self.pool), &batch.x, &batch.y, &s.w32, b32, &mut s.scratch, grad);
         rows[0] = batch.rows as f64;
         self.reducer.all_reduce_sum(&mut s.sums)?;
 
         let n = s.sums[d + 2];
-        let eta = self.config.schedule.eta(self.state.updates);
+        let eta = self.config.schedule.eta(self.p.updates);
         let l2 = self.config.l2;
         let scale = 2.0 / n;
-        for (w, g) in self.state.w.iter_mut().zip(&s.sums[..d]) {
+        for (w, g) in self.p.w.iter_mut().zip(&s.sums[..d]) {
             *w -= eta * (scale * g + 2.0 * l2 * *w);
         }
-        self.state.b -= eta * scale * s.sums[d];
-        self.state.updates += 1;
-        sums.loss_sum += s.sums[d + 1];
-        sums.eta = eta;
+        self.p.b -= eta * scale * s.sums[d];
+        self.p.updates += 1;
+        self.p.epoch_loss_sum += s.sums[d + 1];
+        self.p.epoch_eta = eta;
         Ok(())
     }
 
     /// Per-row stochastic gradient descent over the rows of `batch`, in order.
-    fn sgd_rows(&mut self, batch: &Batch, sums: &mut EpochSums) {
+    fn sgd_rows(&mut self, batch: &Batch) {
         let d = self.plan.d;
         let schedule = self.config.schedule;
         let l2 = self.config.l2;
-        let state = &mut self.state;
+        let p = &mut self.p;
         let mut loss = 0.0;
         let mut eta = 0.0;
         for (row, &y) in batch.x.chunks_exact(d).zip(&batch.y) {
-            let pred: f64 =
-                state.b + state.w.iter().zip(row).map(|(w, &x)| w * f64::from(x)).sum::<f64>();
+            let pred: f64 = p.b + p.w.iter().zip(row).map(|(w, &x)| w * f64::from(x)).sum::<f64>();
             let r = pred - f64::from(y);
-            eta = schedule.eta(state.updates);
+            eta = schedule.eta(p.updates);
             let step = 2.0 * eta * r;
             if l2 > 0.0 {
                 let shrink = 1.0 - 2.0 * eta * l2;
-                for (w, &x) in state.w.iter_mut().zip(row) {
+                for (w, &x) in p.w.iter_mut().zip(row) {
                     *w = *w * shrink - step * f64::from(x);
                 }
             } else {
-                for (w, &x) in state.w.iter_mut().zip(row) {
+                for (w, &x) in p.w.iter_mut().zip(row) {
                     *w -= step * f64::from(x);
                 }
             }
-            state.b -= step;
-            state.updates += 1;
+            p.b -= step;
+            p.updates += 1;
             loss += r * r;
         }
-        sums.loss_sum += loss;
-        sums.eta = eta;
+        p.epoch_loss_sum += loss;
+        p.epoch_eta = eta;
     }
 
-    /// The closed form: one pass of `XᵀX`, `Xᵀy`, then a Cholesky solve.
+    /// The closed form: one pass of `XᵀX`, `Xᵀy`, then a Cholesky solve. Not checkpointed: its
+    /// one pass has no intermediate state worth keeping beside the data.
     fn solve_closed_form(&mut self) -> Result<StopReason> {
         let d = self.plan.d;
         let started = Instant::now();
         self.observer.pass_started("normal equations", self.dataset.rows());
         let mut sums = NormalSums::new(d);
-        let mut stream = self.stream(self.units.clone())?;
+        let mut stream = self.stream(self.units.clone(), &self.read)?;
         let recycle = stream.recycler();
         for block in &mut stream {
             let block = block?;
             sums.add_rows(Some(&self.pool), &block.x, &block.y);
-            self.state.rows_skipped += block.skipped as u64;
+            self.p.rows_skipped += block.skipped as u64;
             self.observer.rows_done((block.rows + block.skipped) as u64);
             recycle.give(block);
+            if self.cancelled() {
+                return Err(Error::Interrupted { checkpoint: None });
+            }
         }
         drop(stream);
         let mut buf = sums.to_buffer();
         self.reducer.all_reduce_sum(&mut buf)?;
         let sums = NormalSums::from_buffer(d, &buf);
         if sums.rows == 0 {
-            return Err(Error::NoRows { purpose: "train on" });
+            return Err(Error::NoRows { input: self.dataset.describe(), purpose: "train on" });
         }
         let theta = solve_normal(&sums, self.config.l2)?;
-        self.state.w = theta[..d].to_vec();
-        self.state.b = theta[d];
-        self.state.rows_seen = sums.rows;
+        self.p.w = theta[..d].to_vec();
+        self.p.b = theta[d];
+        self.p.rows_seen = sums.rows;
         let loss = sums.mse(&theta) + self.penalty();
+        let validation_loss = self.validation_loss()?;
         let elapsed = started.elapsed().as_secs_f64();
         let report = EpochReport {
             epoch: 1,
             updates: 0,
             rows: sums.rows,
             loss,
+            validation_loss,
             eta: 0.0,
             gradient_norm: None,
             rows_per_sec: sums.rows as f64 / elapsed.max(1e-9),
             elapsed_secs: elapsed,
         };
         self.observer.epoch_finished(&report);
-        self.state.history.push(report);
+        self.p.history.push(report);
         Ok(StopReason::Solved)
+    }
+
+    /// MSE of the current weights on the validation rows, if there are any.
+    fn validation_loss(&mut self) -> Result<Option<f64>> {
+        let Some((dataset, plan, read)) = &self.validation else { return Ok(None) };
+        let w32: Vec<f32> = self.p.w.iter().map(|&w| w as f32).collect();
+        let b32 = self.p.b as f32;
+        let mut part = vec![0.0f64; self.plan.d + 2];
+        let mut scratch = Scratch::default();
+        let mut sums = [0.0f64; 2];
+        let mut stream = BlockStream::start(Arc::clone(dataset), Arc::clone(plan), dataset.units(), read)?;
+        let recycle = stream.recycler();
+        for block in &mut stream {
+            let block = block?;
+            reduce::gradient_sums(Some(&self.pool), &block.x, &block.y, &w32, b32, &mut scratch, &mut part);
+            sums[0] += part[self.plan.d + 1];
+            sums[1] += block.rows as f64;
+            recycle.give(block);
+        }
+        drop(stream);
+        self.reducer.all_reduce_sum(&mut sums)?;
+        if sums[1] == 0.0 {
+            return Err(Error::NoRows { input: dataset.describe(), purpose: "validate on" });
+        }
+        Ok(Some(sums[0] / sums[1]))
     }
 
     /// The ridge term `l2 · ‖w‖²` of the objective at the current weights.
     fn penalty(&self) -> f64 {
-        self.config.l2 * self.state.w.iter().map(|w| w * w).sum::<f64>()
+        self.config.l2 * self.p.w.iter().map(|w| w * w).sum::<f64>()
     }
 
-    fn stream(&self, units: Vec<Unit>) -> Result<BlockStream> {
-        BlockStream::start(Arc::clone(&self.dataset), Arc::clone(&self.plan), units, &self.read)
+    fn stream(&self, units: Vec<Unit>, read: &ReadOptions) -> Result<BlockStream> {
+        BlockStream::start(Arc::clone(&self.dataset), Arc::clone(&self.plan), units, read)
+    }
+
+    fn cancelled(&self) -> bool {
+        self.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed))
+    }
+
+    /// Between two batches: honour a cancellation, and write a checkpoint when one is due.
+    fn between_batches(&mut self) -> Result<()> {
+        if self.cancelled() {
+            return Err(self.interrupt()?);
+        }
+        let Some(policy) = &self.checkpoints else { return Ok(()) };
+        let by_count = policy.every_updates.is_some_and(|n| self.p.updates >= self.last_checkpoint.0 + n);
+        let by_time = policy.interval.is_some_and(|t| self.last_checkpoint.1.elapsed() >= t);
+        if by_count || by_time {
+            self.write_checkpoint()?;
+        }
+        Ok(())
+    }
+
+    /// Writes a checkpoint (if a folder was given) and returns the error that ends the run.
+    fn interrupt(&mut self) -> Result<Error> {
+        let checkpoint = self.write_checkpoint()?;
+        Ok(Error::Interrupted { checkpoint })
+    }
+
+    /// Writes the current state as a checkpoint, if checkpoints are on.
+    fn write_checkpoint(&mut self) -> Result<Option<PathBuf>> {
+        let Some(policy) = &self.checkpoints else { return Ok(None) };
+        self.p.sequence += 1;
+        let checkpoint = Checkpoint {
+            format: checkpoint::FORMAT.to_string(),
+            format_version: checkpoint::FORMAT_VERSION,
+            created_by: format!("slope {}", env!("CARGO_PKG_VERSION")),
+            config: self.config.clone(),
+            target: self.target.clone(),
+            feature_columns: self.plan.features.clone(),
+            data: self.fingerprint.clone(),
+            scaling: self.scaling.clone(),
+            warm_start: self.warm_lineage.clone(),
+            progress: self.p.clone(),
+        };
+        let path = checkpoint.save(policy)?;
+        self.last_checkpoint = (self.p.updates, Instant::now());
+        tracing::debug!("checkpoint written to {}", path.display());
+        self.observer.checkpoint_written(&path);
+        Ok(Some(path))
     }
 }
 

@@ -1,4 +1,6 @@
-//! Flag definitions and the code behind each subcommand.
+//! Flag definitions and the code behind each subcommand (`train` has its own module).
+
+mod train_cmd;
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -7,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
+use serde::{Deserialize, Serialize};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use slope::dataset::{ColumnPlan, ColumnSelection, Dataset, IoMode, is_feature_field};
 use slope::decode::OnInvalid;
@@ -14,12 +17,11 @@ use slope::evaluate::{self, Metrics};
 use slope::generate::{self, GenerateConfig};
 use slope::model::Model;
 use slope::reader::{BlockStream, DEFAULT_BLOCK_ROWS, ReadOptions};
-use slope::schedule::Schedule;
-use slope::train::{self, Algorithm, EpochReport, Observer, Scaling, TrainConfig};
+use slope::train;
 
 const AFTER_HELP: &str = "\
-Exit codes: 0 success, 1 internal or output error, 2 usage error, 3 bad input data or model \
-file, 4 training diverged.
+Exit codes: 0 success, 1 output or internal error, 2 usage error (flags, config file), 3 bad \
+input data or model file, 4 training diverged, 5 interrupted by SIGINT/SIGTERM.
 Inputs may be Parquet files, folders (every *.parquet below them, sorted) or glob patterns.";
 
 /// Train linear models by gradient descent on Parquet data larger than memory.
@@ -54,7 +56,7 @@ enum LogFormat {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Train a linear model on Parquet shards and write it as JSON.
-    Train(TrainArgs),
+    Train(Box<train_cmd::TrainArgs>),
     /// Measure a model on labelled data: MSE, RMSE, MAE, R² and rows.
     Evaluate(EvaluateArgs),
     /// Write a model's predictions for new data to a Parquet file.
@@ -81,13 +83,15 @@ struct ReadArgs {
     on_invalid: InvalidArg,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
+#[derive(Clone, Copy, Debug, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 enum IoArg {
     Mmap,
     Read,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
+#[derive(Clone, Copy, Debug, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 enum InvalidArg {
     Error,
     Skip,
@@ -110,10 +114,10 @@ impl ReadArgs {
 
     fn threads(&self) -> Result<usize> {
         match self.threads {
-            Some(0) => Err(slope::Error::InvalidParameter {
+            Some(n) if n == 0 || n > 1024 => Err(slope::Error::InvalidParameter {
                 name: "--threads",
-                expected: "at least 1".into(),
-                found: "0".into(),
+                expected: "1 to 1024".into(),
+                found: n.to_string(),
             }
             .into()),
             Some(n) => Ok(n),
@@ -127,86 +131,9 @@ impl ReadArgs {
             block_rows: DEFAULT_BLOCK_ROWS,
             on_invalid: self.on_invalid(),
             transform: None,
+            split: None,
         })
     }
-}
-
-#[derive(ClapArgs, Debug)]
-struct TrainArgs {
-    /// Parquet files, folders or glob patterns to train on.
-    #[arg(required = true, value_name = "INPUT")]
-    inputs: Vec<String>,
-    /// The column to predict.
-    #[arg(long, value_name = "COL")]
-    target: String,
-    /// Feature columns, comma-separated [default: every numeric column but the target].
-    #[arg(long, value_delimiter = ',', value_name = "COLS")]
-    features: Vec<String>,
-    /// Columns to leave out of the default feature set, comma-separated.
-    #[arg(long, value_delimiter = ',', value_name = "COLS")]
-    exclude: Vec<String>,
-    /// Optimisation algorithm.
-    #[arg(long, value_enum, default_value_t = Algorithm::Minibatch)]
-    algo: Algorithm,
-    /// Rows per update for minibatch.
-    #[arg(long, default_value_t = 256, value_name = "ROWS")]
-    batch_size: usize,
-    /// Most passes over the data [default: 1000 for batch, 10 for sgd and minibatch].
-    #[arg(long, value_name = "N")]
-    epochs: Option<usize>,
-    /// Learning-rate schedule [default: constant 0.1 for batch; inverse-time 5/(t+50) for
-    /// minibatch; inverse-time 1/(t+4(d+1)) for sgd]. Giving only --eta implies constant,
-    /// only --t0/--t1 inverse-time, only --power-t invscaling.
-    #[arg(long, value_enum, value_name = "NAME")]
-    schedule: Option<ScheduleArg>,
-    /// Step size for constant, or eta0 for invscaling [default: 0.1 constant, 0.01 invscaling].
-    #[arg(long)]
-    eta: Option<f64>,
-    /// t0 of inverse-time, eta(t) = t0 / (t + t1).
-    #[arg(long)]
-    t0: Option<f64>,
-    /// t1 of inverse-time, eta(t) = t0 / (t + t1).
-    #[arg(long)]
-    t1: Option<f64>,
-    /// Exponent of invscaling, eta(t) = eta0 / (t+1)^power_t [default: 0.25].
-    #[arg(long)]
-    power_t: Option<f64>,
-    /// Stop tolerance: gradient norm for batch [default 1e-6]; relative change of the epoch's
-    /// training loss for sgd and minibatch [default 1e-5]. 0 turns it off.
-    #[arg(long)]
-    tol: Option<f64>,
-    /// Ridge penalty: minimise MSE + l2·‖w‖² (the bias is not penalised).
-    #[arg(long, default_value_t = 0.0)]
-    l2: f64,
-    /// Standardise features with a streaming pre-pass over every row; the model still applies
-    /// to raw columns. Without it, features are scaled by statistics of the first 65,536 rows.
-    #[arg(long, conflicts_with = "raw")]
-    standardize: bool,
-    /// Train on the features exactly as stored, unscaled (the textbook setting: the step size
-    /// must then suit the largest column).
-    #[arg(long)]
-    raw: bool,
-    /// Root seed for row-group order and shuffling.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Shuffle-buffer capacity in rows (memory: ROWS × (features + 1) × 4 bytes).
-    #[arg(long, default_value_t = train::DEFAULT_SHUFFLE_BUFFER, value_name = "ROWS")]
-    shuffle_buffer: usize,
-    /// Keep file order: no row-group permutation and no shuffle buffer.
-    #[arg(long)]
-    no_shuffle: bool,
-    /// Where to write the model.
-    #[arg(long, default_value = "model.json", value_name = "PATH")]
-    model: PathBuf,
-    #[command(flatten)]
-    read: ReadArgs,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum ScheduleArg {
-    Constant,
-    InverseTime,
-    Invscaling,
 }
 
 #[derive(ClapArgs, Debug)]
@@ -304,7 +231,7 @@ struct GenerateArgs {
 /// The progress bar shared by the observer and the log writer (hidden off a terminal).
 static PROGRESS: OnceLock<ProgressBar> = OnceLock::new();
 
-fn progress() -> &'static ProgressBar {
+pub(crate) fn progress() -> &'static ProgressBar {
     PROGRESS.get_or_init(ProgressBar::hidden)
 }
 
@@ -362,7 +289,7 @@ fn init_logging(log: &LogArgs) {
 pub fn run(args: Args) -> Result<()> {
     init_logging(&args.log);
     match args.command {
-        Command::Train(a) => train_cmd(a),
+        Command::Train(a) => train_cmd::run(*a),
         Command::Evaluate(a) => evaluate_cmd(a),
         Command::Predict(a) => predict_cmd(a),
         Command::Inspect(a) => inspect_cmd(a),
@@ -371,140 +298,8 @@ pub fn run(args: Args) -> Result<()> {
     }
 }
 
-/// Shows training on the progress bar and as one log line per epoch.
-struct Reporter {
-    epochs: usize,
-}
-
-impl Observer for Reporter {
-    fn pass_started(&mut self, what: &str, rows: u64) {
-        let bar = progress();
-        bar.reset();
-        bar.set_length(rows);
-        bar.set_message(what.to_string());
-    }
-
-    fn rows_done(&mut self, rows: u64) {
-        progress().inc(rows);
-    }
-
-    fn epoch_finished(&mut self, r: &EpochReport) {
-        let grad = r.gradient_norm.map(|g| format!(" grad_norm={g:.3e}")).unwrap_or_default();
-        tracing::info!(
-            "epoch {}/{}: loss={:.6e}{grad} eta={:.3e} rows={} rows/s={:.0} elapsed={:.2}s",
-            r.epoch,
-            self.epochs,
-            r.loss,
-            r.eta,
-            r.rows,
-            r.rows_per_sec,
-            r.elapsed_secs
-        );
-    }
-}
-
-fn resolve_schedule(a: &TrainArgs, d: usize) -> Schedule {
-    let default = a.algo.default_schedule(d);
-    let chosen = a.schedule.or(if a.eta.is_some() && a.t0.is_none() && a.t1.is_none() {
-        if a.power_t.is_some() {
-            Some(ScheduleArg::Invscaling)
-        } else {
-            Some(ScheduleArg::Constant)
-        }
-    } else if a.t0.is_some() || a.t1.is_some() {
-        Some(ScheduleArg::InverseTime)
-    } else if a.power_t.is_some() {
-        Some(ScheduleArg::Invscaling)
-    } else {
-        None
-    });
-    match chosen {
-        None => default,
-        Some(ScheduleArg::Constant) => Schedule::Constant { eta: a.eta.unwrap_or(0.1) },
-        Some(ScheduleArg::InverseTime) => {
-            let (t0, t1) = match default {
-                Schedule::InverseTime { t0, t1 } => (t0, t1),
-                _ => (5.0, 50.0),
-            };
-            Schedule::InverseTime { t0: a.t0.unwrap_or(t0), t1: a.t1.unwrap_or(t1) }
-        }
-        Some(ScheduleArg::Invscaling) => {
-            Schedule::Invscaling { eta0: a.eta.unwrap_or(0.01), power_t: a.power_t.unwrap_or(0.25) }
-        }
-    }
-}
-
-fn mib(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
-}
-
-fn train_cmd(a: TrainArgs) -> Result<()> {
-    check_output_folder(&a.model)?;
-    let dataset = Arc::new(Dataset::open(&a.inputs, a.read.io())?);
-    let selection = ColumnSelection {
-        target: Some(a.target.clone()),
-        features: a.features.clone(),
-        exclude: a.exclude.clone(),
-        keep: Vec::new(),
-    };
-    let plan = Arc::new(ColumnPlan::resolve(&dataset, &selection)?);
-    let mut config = TrainConfig::new(a.algo, plan.d);
-    config.batch_size = a.batch_size;
-    config.epochs = a.epochs.unwrap_or(config.epochs);
-    config.schedule = resolve_schedule(&a, plan.d);
-    config.tol = a.tol.unwrap_or(config.tol);
-    config.l2 = a.l2;
-    config.scaling = match (a.standardize, a.raw) {
-        (true, _) => Scaling::Full,
-        (_, true) => Scaling::None,
-        _ => Scaling::Sample,
-    };
-    config.seed = a.seed;
-    config.threads = a.read.threads()?;
-    config.shuffle = !a.no_shuffle;
-    config.shuffle_buffer = a.shuffle_buffer;
-    config.on_invalid = a.read.on_invalid();
-    config.validate()?;
-
-    let bound = config.memory_bound(&plan);
-    tracing::info!(
-        "training {} on {} shard(s), {} rows, {} features, target '{}'; threads {}, io {}",
-        config.algorithm,
-        dataset.shards.len(),
-        dataset.rows(),
-        plan.d,
-        a.target,
-        config.threads,
-        dataset.io
-    );
-    tracing::info!(
-        "memory bound: {} (shuffle buffer {}, batches {}, decoding {})",
-        mib(bound.total()),
-        mib(bound.shuffle),
-        mib(bound.batches),
-        mib(bound.decode)
-    );
-    let started = Instant::now();
-    let mut reporter = Reporter { epochs: config.epochs };
-    let outcome = train::train(Arc::clone(&dataset), Arc::clone(&plan), &config, &mut reporter)?;
-    progress().finish_and_clear();
-    if outcome.rows_skipped > 0 {
-        tracing::warn!("skipped {} rows holding nulls, NaN or infinities", outcome.rows_skipped);
-    }
-    let reason = outcome.stop_reason.to_string();
-    let (epochs, loss) = (outcome.epochs_run, outcome.final_loss);
-    let model = Model::from_training(outcome, &config, a.target, plan.features.clone(), &dataset);
-    model.save(&a.model)?;
-    tracing::info!(
-        "stopped after {epochs} epoch(s): {reason}; final training loss {loss:.6e}; wrote {} in {:.2}s",
-        a.model.display(),
-        started.elapsed().as_secs_f64()
-    );
-    Ok(())
-}
-
 /// Fails before a long run if the folder the output goes to does not exist.
-fn check_output_folder(path: &Path) -> Result<()> {
+pub(crate) fn check_output_folder(path: &Path) -> Result<()> {
     let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     if !parent.is_dir() {
         anyhow::bail!("{}: the output folder {} does not exist", path.display(), parent.display());
@@ -587,11 +382,12 @@ fn inspect_cmd(a: InspectArgs) -> Result<()> {
     let groups: usize = dataset.shards.iter().map(|s| s.row_groups()).sum();
     writeln!(
         out,
-        "{:>12} {:>10} {:>12}  total ({} shards)",
+        "{:>12} {:>10} {:>12}  total ({} shard{})",
         dataset.rows(),
         groups,
         dataset.bytes(),
-        dataset.shards.len()
+        dataset.shards.len(),
+        if dataset.shards.len() == 1 { "" } else { "s" }
     )?;
     writeln!(out, "\nschema of {}:", dataset.shards[0].path.display())?;
     for f in schema.fields() {
