@@ -55,7 +55,8 @@ impl CheckpointPolicy {
         std::fs::create_dir_all(&self.dir)
             .map_err(|e| Error::io(&self.dir, "create the checkpoint folder", e))?;
         let probe = self.dir.join(format!(".write-test-{}", std::process::id()));
-        let written = File::create(&probe).and_then(|mut f| f.write_all(b"slope").and_then(|()| f.sync_all()));
+        let written = File::create(&probe)
+            .and_then(|mut f| f.write_all(b"slope").and_then(|()| f.sync_all()));
         let _ = std::fs::remove_file(&probe);
         written.map_err(|e| Error::io(&self.dir, "write checkpoints to", e))
     }
@@ -82,7 +83,8 @@ impl Fingerprint {
         let mut text = String::new();
         for name in plan.feature_names().iter().chain(plan.target.as_ref()) {
             let base = name.split('[').next().unwrap_or(name);
-            let dt = schema.field_with_name(base).map(|f| f.data_type().to_string()).unwrap_or_default();
+            let dt =
+                schema.field_with_name(base).map(|f| f.data_type().to_string()).unwrap_or_default();
             text.push_str(&format!("{name}:{dt};"));
         }
         Fingerprint {
@@ -99,7 +101,9 @@ impl Fingerprint {
     pub fn difference(&self, now: &Fingerprint) -> Option<String> {
         for old in &self.shards {
             match now.shards.iter().find(|s| s.path == old.path) {
-                None => return Some(format!("shard {} is no longer in the input", old.path.display())),
+                None => {
+                    return Some(format!("shard {} is no longer in the input", old.path.display()));
+                }
                 Some(s) if s.bytes != old.bytes => {
                     return Some(format!(
                         "shard {} changed size from {} to {} bytes",
@@ -119,7 +123,8 @@ impl Fingerprint {
                 Some(_) => {}
             }
         }
-        if let Some(new) = now.shards.iter().find(|s| !self.shards.iter().any(|o| o.path == s.path)) {
+        if let Some(new) = now.shards.iter().find(|s| !self.shards.iter().any(|o| o.path == s.path))
+        {
             return Some(format!("shard {} was added to the input", new.path.display()));
         }
         if self.shards.iter().map(|s| &s.path).ne(now.shards.iter().map(|s| &s.path)) {
@@ -134,7 +139,9 @@ impl Fingerprint {
 
 /// FNV-1a, a stable 64-bit hash (std's hashers may change between Rust releases).
 pub fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+    bytes
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// The best epoch seen by early stopping, with its weights (in the trainer's units).
@@ -195,7 +202,8 @@ impl Checkpoint {
     pub fn save(&self, policy: &CheckpointPolicy) -> Result<PathBuf> {
         let name = format!("checkpoint-{:08}.json", self.progress.sequence);
         let path = policy.dir.join(&name);
-        let json = serde_json::to_vec(self).map_err(|e| Error::io(&path, "write checkpoint", std::io::Error::other(e)))?;
+        let json = serde_json::to_vec(self)
+            .map_err(|e| Error::io(&path, "write checkpoint", std::io::Error::other(e)))?;
         crate::model::write_atomically(&path, &json)?;
         // Make the rename itself durable.
         if let Ok(dir) = File::open(&policy.dir) {
@@ -239,7 +247,12 @@ impl Checkpoint {
     }
 
     /// Refuses to resume when the data or a setting that shapes the result changed.
-    pub fn check_compatible(&self, path: &Path, config: &TrainConfig, data: &Fingerprint) -> Result<()> {
+    pub fn check_compatible(
+        &self,
+        path: &Path,
+        config: &TrainConfig,
+        data: &Fingerprint,
+    ) -> Result<()> {
         let refuse = |what: String| Error::Model {
             path: path.to_path_buf(),
             reason: format!("cannot resume: {what} since this checkpoint was written"),
@@ -257,11 +270,14 @@ impl Checkpoint {
 
 /// Checkpoint files in `dir`, oldest first.
 fn list(dir: &Path) -> Result<Vec<PathBuf>> {
-    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, "read the checkpoint folder", e))?;
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| Error::io(dir, "read the checkpoint folder", e))?;
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
-            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("checkpoint-") && n.ends_with(".json"))
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("checkpoint-") && n.ends_with(".json"))
         })
         .collect();
     files.sort();

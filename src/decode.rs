@@ -130,7 +130,8 @@ impl Decoder<'_> {
         let skipped = bad.iter().filter(|&&b| b).count();
         let mut drop = bad;
         if let Some(split) = self.split {
-            let file = self.path.file_name().map_or(0, |n| crate::checkpoint::fnv1a(n.as_encoded_bytes()));
+            let file =
+                self.path.file_name().map_or(0, |n| crate::checkpoint::fnv1a(n.as_encoded_bytes()));
             drop.resize(rows, false);
             let mut skipped_elsewhere = 0;
             for (r, d) in drop.iter_mut().enumerate() {

@@ -194,7 +194,10 @@ impl TrainConfig {
         check("shuffle", self.shuffle == other.shuffle);
         check("shuffle-buffer", self.shuffle_buffer == other.shuffle_buffer);
         check("on-invalid", self.on_invalid == other.on_invalid);
-        check("validation-fraction", self.validation_fraction.to_bits() == other.validation_fraction.to_bits());
+        check(
+            "validation-fraction",
+            self.validation_fraction.to_bits() == other.validation_fraction.to_bits(),
+        );
         check("early-stopping", self.early_stopping == other.early_stopping);
         out
     }
@@ -221,7 +224,11 @@ impl TrainConfig {
             return Err(Error::param("block rows", "at least 1", 0));
         }
         if !(0.0..1.0).contains(&self.validation_fraction) {
-            return Err(Error::param("--validation-fraction", "a number in [0, 1)", self.validation_fraction));
+            return Err(Error::param(
+                "--validation-fraction",
+                "a number in [0, 1)",
+                self.validation_fraction,
+            ));
         }
         if let Some(es) = self.early_stopping {
             if es.patience == 0 {
@@ -736,7 +743,8 @@ impl Trainer<'_> {
         }
         self.check_finite(epoch)?;
         if let (Some(es), Some(v)) = (config.early_stopping, validation_loss) {
-            let improved = self.p.best.as_ref().is_none_or(|b| v < b.validation_loss - es.min_delta);
+            let improved =
+                self.p.best.as_ref().is_none_or(|b| v < b.validation_loss - es.min_delta);
             if improved {
                 let (w, b) = (self.p.w.clone(), self.p.b);
                 self.p.best = Some(Best { epoch, validation_loss: v, w, b });
@@ -745,7 +753,10 @@ impl Trainer<'_> {
                 self.p.since_best += 1;
                 if self.p.since_best >= es.patience {
                     let best_epoch = self.p.best.as_ref().map_or(epoch, |b| b.epoch);
-                    return Ok(Some(StopReason::EarlyStopping { best_epoch, patience: es.patience }));
+                    return Ok(Some(StopReason::EarlyStopping {
+                        best_epoch,
+                        patience: es.patience,
+                    }));
                 }
             }
         }
@@ -797,7 +808,15 @@ impl Trainer<'_> {
         let recycle = stream.recycler();
         for block in &mut stream {
             let block = block?;
-            reduce::gradient_sums(Some(&self.pool), &block.x, &block.y, &w32, b32, &mut scratch, &mut part);
+            reduce::gradient_sums(
+                Some(&self.pool),
+                &block.x,
+                &block.y,
+                &w32,
+                b32,
+                &mut scratch,
+                &mut part,
+            );
             for (t, p) in total.iter_mut().zip(&part) {
                 *t += p;
             }
@@ -855,8 +874,14 @@ impl Trainer<'_> {
         let per_row = config.algorithm == Algorithm::Sgd;
         let batch_rows = if per_row { SGD_TRANSFER_ROWS } else { config.batch_size };
         let capacity = if config.shuffle { config.shuffle_buffer } else { 0 };
-        let mut batches =
-            BatchStream::start(blocks, self.plan.d, capacity, batch_rows, config.seed, epoch as u64)?;
+        let mut batches = BatchStream::start(
+            blocks,
+            self.plan.d,
+            capacity,
+            batch_rows,
+            config.seed,
+            epoch as u64,
+        )?;
         let recycle = batches.recycler();
         let replay = self.p.batches_done;
         let mut index = 0u64;
@@ -900,7 +925,15 @@ impl Trainer<'_> {
         }
         let b32 = self.p.b as f32;
         let (grad, rows) = s.sums.split_at_mut(d + 2);
-        reduce::gradient_sums(Some(&self.pool), &batch.x, &batch.y, &s.w32, b32, &mut s.scratch, grad);
+        reduce::gradient_sums(
+            Some(&self.pool),
+            &batch.x,
+            &batch.y,
+            &s.w32,
+            b32,
+            &mut s.scratch,
+            grad,
+        );
         rows[0] = batch.rows as f64;
         self.reducer.all_reduce_sum(&mut s.sums)?;
 
@@ -1006,11 +1039,20 @@ impl Trainer<'_> {
         let mut part = vec![0.0f64; self.plan.d + 2];
         let mut scratch = Scratch::default();
         let mut sums = [0.0f64; 2];
-        let mut stream = BlockStream::start(Arc::clone(dataset), Arc::clone(plan), dataset.units(), read)?;
+        let mut stream =
+            BlockStream::start(Arc::clone(dataset), Arc::clone(plan), dataset.units(), read)?;
         let recycle = stream.recycler();
         for block in &mut stream {
             let block = block?;
-            reduce::gradient_sums(Some(&self.pool), &block.x, &block.y, &w32, b32, &mut scratch, &mut part);
+            reduce::gradient_sums(
+                Some(&self.pool),
+                &block.x,
+                &block.y,
+                &w32,
+                b32,
+                &mut scratch,
+                &mut part,
+            );
             sums[0] += part[self.plan.d + 1];
             sums[1] += block.rows as f64;
             recycle.give(block);
@@ -1042,7 +1084,8 @@ impl Trainer<'_> {
             return Err(self.interrupt()?);
         }
         let Some(policy) = &self.checkpoints else { return Ok(()) };
-        let by_count = policy.every_updates.is_some_and(|n| self.p.updates >= self.last_checkpoint.0 + n);
+        let by_count =
+            policy.every_updates.is_some_and(|n| self.p.updates >= self.last_checkpoint.0 + n);
         let by_time = policy.interval.is_some_and(|t| self.last_checkpoint.1.elapsed() >= t);
         if by_count || by_time {
             self.write_checkpoint()?;

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
-use serde::{Deserialize, Serialize};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::{Deserialize, Serialize};
 use slope::dataset::{ColumnPlan, ColumnSelection, Dataset, IoMode, is_feature_field};
 use slope::decode::OnInvalid;
 use slope::evaluate::{self, Metrics};

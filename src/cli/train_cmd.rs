@@ -302,7 +302,9 @@ impl TrainArgs {
     fn effective(&self, c: &TrainConfig) -> TrainArgs {
         let (schedule, eta, t0, t1, power_t) = match c.schedule {
             Schedule::Constant { eta } => (ScheduleArg::Constant, Some(eta), None, None, None),
-            Schedule::InverseTime { t0, t1 } => (ScheduleArg::InverseTime, None, Some(t0), Some(t1), None),
+            Schedule::InverseTime { t0, t1 } => {
+                (ScheduleArg::InverseTime, None, Some(t0), Some(t1), None)
+            }
             Schedule::Invscaling { eta0, power_t } => {
                 (ScheduleArg::Invscaling, Some(eta0), None, None, Some(power_t))
             }
@@ -341,7 +343,7 @@ fn read_config(path: &Path) -> Result<TrainArgs> {
     let bad = |reason: String| slope::Error::Config { path: path.to_path_buf(), reason };
     let text = std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read ({e})")))?;
     toml::from_str(&text).map_err(|e| {
-        let line = e.span().map(|s| text[..s.start].lines().count().max(1));
+        let line = e.span().map(|s| text[..s.start].matches('\n').count() + 1);
         let message = e.message().trim().replace('\n', " ");
         match line {
             Some(line) => bad(format!("line {line}: {message}")).into(),
@@ -384,7 +386,8 @@ pub fn run(cli: TrainArgs) -> Result<()> {
 
     let (warm_start, parent) = match &args.warm_start {
         Some(path) => {
-            let (warm, model) = warm_start(path, &plan.feature_names(), &target, args.recompute_scaling)?;
+            let (warm, model) =
+                warm_start(path, &plan.feature_names(), &target, args.recompute_scaling)?;
             (Some(warm), Some(model))
         }
         None => (None, None),
@@ -408,7 +411,11 @@ pub fn run(cli: TrainArgs) -> Result<()> {
     if let Some(secs) = args.checkpoint_interval
         && !(secs.is_finite() && secs > 0.0)
     {
-        return Err(usage("--checkpoint-interval", "a positive number of seconds", &secs.to_string()));
+        return Err(usage(
+            "--checkpoint-interval",
+            "a positive number of seconds",
+            &secs.to_string(),
+        ));
     }
     let cancel = install_signal_handlers()?;
 
@@ -432,7 +439,13 @@ pub fn run(cli: TrainArgs) -> Result<()> {
 
     let started = Instant::now();
     let mut reporter = Reporter::new(config.epochs, args.metrics_out.clone(), started)?;
-    let options = RunOptions { checkpoints, resume: args.resume, warm_start, validation, cancel: Some(cancel) };
+    let options = RunOptions {
+        checkpoints,
+        resume: args.resume,
+        warm_start,
+        validation,
+        cancel: Some(cancel),
+    };
     let result = train::train_with(
         Arc::clone(&dataset),
         Arc::clone(&plan),
@@ -453,8 +466,14 @@ pub fn run(cli: TrainArgs) -> Result<()> {
         tracing::warn!("skipped {} rows holding nulls, NaN or infinities", outcome.rows_skipped);
     }
     let summary = summary_record(&outcome, &model_path, started);
-    let model =
-        Model::from_training(outcome, &config, target, plan.features.clone(), &dataset, parent.as_ref());
+    let model = Model::from_training(
+        outcome,
+        &config,
+        target,
+        plan.features.clone(),
+        &dataset,
+        parent.as_ref(),
+    );
     model.save(&model_path)?;
     reporter.write(&summary)?;
     tracing::info!(
@@ -499,7 +518,12 @@ fn warm_start(
         recompute_scaling,
         lineage: model.lineage_entry(path)?,
     };
-    tracing::info!("warm start from {} ({} epochs, {} rows)", path.display(), model.epochs_run, model.data.rows);
+    tracing::info!(
+        "warm start from {} ({} epochs, {} rows)",
+        path.display(),
+        model.epochs_run,
+        model.data.rows
+    );
     Ok((warm, model))
 }
 
@@ -526,8 +550,11 @@ impl Reporter {
         let metrics = match path {
             Some(path) => {
                 check_output_folder(&path)?;
-                let file = File::create(&path)
-                    .map_err(|e| slope::Error::Io { path: path.clone(), action: "create", source: e })?;
+                let file = File::create(&path).map_err(|e| slope::Error::Io {
+                    path: path.clone(),
+                    action: "create",
+                    source: e,
+                })?;
                 Some((path, file))
             }
             None => None,
