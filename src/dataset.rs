@@ -151,7 +151,10 @@ pub fn resolve_inputs<S: AsRef<str>>(inputs: &[S]) -> Result<Vec<PathBuf>> {
         } else if input.contains(['*', '?', '[']) {
             expand_glob(input)?
         } else {
-            let source = std::io::Error::from(std::io::ErrorKind::NotFound);
+            // Ask the file system again for its own account of what is wrong.
+            let source = std::fs::metadata(path).err().unwrap_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::NotFound, "not a file or folder")
+            });
             return Err(Error::io(path, "open", source));
         };
         if found.is_empty() {

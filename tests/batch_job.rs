@@ -524,3 +524,86 @@ fn a_model_of_another_format_version_or_other_features_is_refused() {
         "{line}"
     );
 }
+
+#[test]
+fn held_out_shards_give_a_validation_loss_each_epoch() {
+    let tmp = TempDir::new().unwrap();
+    let data = tmp.path().join("data");
+    generate(&data, 20_000, 4, 2, &[]);
+    let model = tmp.path().join("model.json");
+    let metrics = tmp.path().join("m.jsonl");
+    let holdout = data.join("holdout.parquet");
+    ok(&[
+        "-q",
+        "train",
+        s(&data.join("train")),
+        "--target",
+        "y",
+        "--epochs",
+        "3",
+        "--validation",
+        s(&holdout),
+        "--model",
+        s(&model),
+        "--metrics-out",
+        s(&metrics),
+    ]);
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    let records: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(records.len(), 4, "three epochs and a summary:\n{text}");
+    for r in &records[..3] {
+        let v = r["validation_loss"].as_f64().unwrap();
+        // The generator's noise has variance 0.01: a fitted model's holdout MSE is near it.
+        assert!(v > 0.005 && v < 0.05, "{r}");
+    }
+    assert_eq!(records[3]["type"], "summary");
+    assert_eq!(records[3]["status"], "ok");
+
+    // Validation on shards without the model's columns is refused up front.
+    let (code, stderr) = run(&[
+        "train",
+        s(&data.join("train")),
+        "--target",
+        "y",
+        "--validation",
+        "fixtures/holdout.parquet",
+        "--model",
+        s(&model),
+    ]);
+    assert_eq!(code, EXIT_DATA, "{stderr}");
+    assert!(
+        last_line(&stderr).contains("fixtures/holdout.parquet: no column named 'f0'"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn inputs_that_do_not_exist_are_named() {
+    let tmp = TempDir::new().unwrap();
+    let model = tmp.path().join("model.json");
+    let missing = tmp.path().join("no-such-folder");
+    let (code, stderr) = run(&["train", s(&missing), "--target", "y", "--model", s(&model)]);
+    assert_eq!(code, EXIT_DATA, "{stderr}");
+    assert_eq!(
+        last_line(&stderr),
+        format!(
+            "slope: error: {}: cannot open: No such file or directory (os error 2)",
+            missing.display()
+        )
+    );
+    let pattern = format!("{}/*.parquet", tmp.path().display());
+    let (code, stderr) = run(&["train", &pattern, "--target", "y", "--model", s(&model)]);
+    assert_eq!(code, EXIT_DATA, "{stderr}");
+    assert_eq!(last_line(&stderr), format!("slope: error: {pattern}: no Parquet files found"));
+    // A folder given where a model file is expected.
+    let (code, stderr) = run(&["evaluate", s(tmp.path()), "fixtures/holdout.parquet"]);
+    assert_eq!(code, EXIT_DATA, "{stderr}");
+    assert_eq!(
+        last_line(&stderr),
+        format!(
+            "slope: error: {}: cannot read: Is a directory (os error 21)",
+            tmp.path().display()
+        )
+    );
+    assert!(!model.exists());
+}
