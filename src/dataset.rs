@@ -27,6 +27,10 @@ use crate::error::{Error, Result};
 pub enum IoMode {
     /// Memory-map each shard; pages are decoded straight from the page cache.
     ///
+    /// A shard is mapped only while a worker decodes one of its row groups, and unmapped after,
+    /// so the process never shows more of the data as resident than the row groups in flight,
+    /// however large the shards are.
+    ///
     /// # Safety of the mapping
     ///
     /// A mapped file that another process truncates while slope reads it makes the kernel
@@ -54,8 +58,7 @@ pub struct Shard {
     /// File size in bytes.
     pub bytes: u64,
     pub(crate) meta: ArrowReaderMetadata,
-    /// The mapped file, when the dataset was opened with [`IoMode::Mmap`].
-    pub(crate) map: Option<Bytes>,
+    pub(crate) io: IoMode,
 }
 
 impl Shard {
@@ -72,6 +75,12 @@ impl Shard {
     /// Rows in one row group.
     pub fn row_group_rows(&self, row_group: usize) -> usize {
         self.meta.metadata().row_group(row_group).num_rows().max(0) as usize
+    }
+
+    /// Maps the whole file read-only; the mapping lasts as long as the returned bytes.
+    pub(crate) fn map(&self) -> Result<Bytes> {
+        let file = File::open(&self.path).map_err(|e| Error::io(&self.path, "open", e))?;
+        map_file(&file, &self.path)
     }
 
     /// The Arrow schema the shard decodes to.
@@ -216,25 +225,20 @@ fn open_shard(path: PathBuf, io: IoMode) -> Result<Shard> {
     let file = File::open(&path).map_err(|e| Error::io(&path, "open", e))?;
     let bytes = file.metadata().map_err(|e| Error::io(&path, "read", e))?.len();
     let options = ArrowReaderOptions::new();
-    let (meta, map) = match io {
-        IoMode::Mmap => {
-            // SAFETY: the mapping is read-only and private to this process. If another process
-            // truncates the file while it is mapped, reads past the new end raise SIGBUS; that
-            // risk is documented on `IoMode::Mmap`, and `--io read` avoids it.
-            let mmap =
-                unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(&path, "map", e))?;
-            let map = Bytes::from_owner(mmap);
-            let meta = ArrowReaderMetadata::load(&map, options)
-                .map_err(|source| Error::NotParquet { path: path.clone(), source })?;
-            (meta, Some(map))
-        }
-        IoMode::Read => {
-            let meta = ArrowReaderMetadata::load(&file, options)
-                .map_err(|source| Error::NotParquet { path: path.clone(), source })?;
-            (meta, None)
-        }
+    let meta = match io {
+        IoMode::Mmap => ArrowReaderMetadata::load(&map_file(&file, &path)?, options),
+        IoMode::Read => ArrowReaderMetadata::load(&file, options),
     };
-    Ok(Shard { path, bytes, meta, map })
+    let meta = meta.map_err(|source| Error::NotParquet { path: path.clone(), source })?;
+    Ok(Shard { path, bytes, meta, io })
+}
+
+fn map_file(file: &File, path: &Path) -> Result<Bytes> {
+    // SAFETY: the mapping is read-only and private to this process. If another process
+    // truncates the file while it is mapped, reads past the new end raise SIGBUS; that risk is
+    // documented on `IoMode::Mmap`, and `--io read` avoids it.
+    let mmap = unsafe { memmap2::Mmap::map(file) }.map_err(|e| Error::io(path, "map", e))?;
+    Ok(Bytes::from_owner(mmap))
 }
 
 /// A column that feeds features: a scalar number, or a fixed-size list of numbers (an

@@ -26,7 +26,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{Receiver, Sender, bounded};
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 
-use crate::dataset::{ColumnPlan, Dataset, Shard, Unit};
+use crate::dataset::{ColumnPlan, Dataset, IoMode, Shard, Unit};
 use crate::decode::{Affine, Block, Decoder, OnInvalid, Split};
 use crate::error::{Error, Result};
 
@@ -267,15 +267,15 @@ pub(crate) fn open_row_group(
     batch_rows: usize,
 ) -> Result<ParquetRecordBatchReader> {
     let mask = plan.projection(shard);
-    let built = match &shard.map {
-        Some(map) => {
-            ParquetRecordBatchReaderBuilder::new_with_metadata(map.clone(), shard.meta.clone())
+    let built = match shard.io {
+        IoMode::Mmap => {
+            ParquetRecordBatchReaderBuilder::new_with_metadata(shard.map()?, shard.meta.clone())
                 .with_projection(mask)
                 .with_row_groups(vec![row_group])
                 .with_batch_size(batch_rows)
                 .build()
         }
-        None => {
+        IoMode::Read => {
             // The parquet crate's `File` reader seeks a shared handle, so each reader opens its own.
             let file = File::open(&shard.path).map_err(|e| Error::io(&shard.path, "open", e))?;
             ParquetRecordBatchReaderBuilder::new_with_metadata(file, shard.meta.clone())
