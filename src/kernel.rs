@@ -99,32 +99,80 @@ pub fn predict_rows(x: &[f32], w: &[f64], b: f64, out: &mut Vec<f64>) {
     }));
 }
 
-/// Adds the rows of `x` (each extended with a constant 1 for the bias) to the upper triangle of
-/// `a = Σ x̃ x̃ᵀ` (row-major, `(d+1) × (d+1)`) and to `c = Σ x̃ y`, in `f64`.
-pub fn chunk_normal(
-    x: &[f32],
-    y: &[f32],
-    d: usize,
-    a: &mut [f64],
-    c: &mut [f64],
-    row: &mut Vec<f64>,
-) {
-    let n = d + 1;
-    debug_assert_eq!(a.len(), n * n);
-    for (xr, &t) in x.chunks_exact(d).zip(y) {
-        row.clear();
-        row.extend(xr.iter().map(|&v| f64::from(v)));
-        row.push(1.0);
-        let t = f64::from(t);
-        for i in 0..n {
-            let xi = row[i];
-            let dst = &mut a[i * n + i..(i + 1) * n];
-            for (aij, xj) in dst.iter_mut().zip(&row[i..]) {
-                *aij += xi * xj;
+/// Columns per side of a register tile of the Gram kernel.
+pub const TILE: usize = 4;
+
+/// Rows per pass of the Gram kernel: the repacked rows (`GRAM_ROWS × m` doubles) stay in L1/L2
+/// cache while every tile of the matrix walks over them.
+pub const GRAM_ROWS: usize = 128;
+
+/// Adds the upper triangle of `Zᵀ Z` to `g` (row-major `m × m`, `m = d + 2`), where each row of
+/// `Z` is a row of `x` followed by a constant 1 (the bias) and its target `y`. One call thus
+/// yields every sum the normal equations need: `XᵀX`, `Xᵀ1`, `Xᵀy`, `n`, `Σy` and `yᵀy`.
+///
+/// The rows are repacked as `f64` panels of four columns (`panel[r] = [z_r,4p … z_r,4p+3]`,
+/// zero-padded), and each 4 × 4 tile of the result is accumulated in registers over all the rows
+/// as a sum of outer products of two panel rows, before it is added to `g`. A rank-one update
+/// per row would instead stream the whole `m × m` matrix through the cache for every row.
+/// Products of two `f32` values are exact in `f64`, so only the additions round.
+pub fn chunk_gram(x: &[f32], y: &[f32], d: usize, panels: &mut Vec<[f64; TILE]>, g: &mut [f64]) {
+    let m = d + 2;
+    debug_assert_eq!(g.len(), m * m);
+    let np = m.div_ceil(TILE);
+    for (xs, ys) in x.chunks(GRAM_ROWS * d).zip(y.chunks(GRAM_ROWS)) {
+        let rows = ys.len();
+        panels.clear();
+        panels.resize(np * rows, [0.0; TILE]);
+        for (i, (row, &t)) in xs.chunks_exact(d).zip(ys).enumerate() {
+            let z = row.iter().map(|&v| f64::from(v)).chain([1.0, f64::from(t)]);
+            for (j, v) in z.enumerate() {
+                panels[(j / TILE) * rows + i][j % TILE] = v;
             }
-            c[i] += xi * t;
+        }
+        gram_tiles(panels, rows, m, g);
+    }
+}
+
+#[inline(always)]
+fn gram_tiles_generic(panels: &[[f64; TILE]], rows: usize, m: usize, g: &mut [f64]) {
+    let np = m.div_ceil(TILE);
+    for pi in 0..np {
+        let left = &panels[pi * rows..(pi + 1) * rows];
+        for pj in pi..np {
+            let right = &panels[pj * rows..(pj + 1) * rows];
+            let mut acc = [[0.0f64; TILE]; TILE];
+            for (a, b) in left.iter().zip(right) {
+                for (row, &ak) in acc.iter_mut().zip(a) {
+                    for (cell, &bl) in row.iter_mut().zip(b) {
+                        *cell += ak * bl;
+                    }
+                }
+            }
+            for (k, row) in acc.iter().enumerate() {
+                for (l, &v) in row.iter().enumerate() {
+                    let (i, j) = (pi * TILE + k, pj * TILE + l);
+                    if i <= j && j < m {
+                        g[i * m + j] += v;
+                    }
+                }
+            }
         }
     }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn gram_tiles_avx2(panels: &[[f64; TILE]], rows: usize, m: usize, g: &mut [f64]) {
+    gram_tiles_generic(panels, rows, m, g)
+}
+
+fn gram_tiles(panels: &[[f64; TILE]], rows: usize, m: usize, g: &mut [f64]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2, checked just above.
+        return unsafe { gram_tiles_avx2(panels, rows, m, g) };
+    }
+    gram_tiles_generic(panels, rows, m, g)
 }
 
 #[cfg(test)]
@@ -164,18 +212,24 @@ mod tests {
     }
 
     #[test]
-    fn normal_sums_match_the_definition() {
+    fn gram_matches_the_definition() {
         let d = 3;
         let x = [1.0f32, 2.0, 3.0, -1.0, 0.5, 2.0];
         let y = [1.0f32, -2.0];
-        let mut a = vec![0.0; 16];
-        let mut c = vec![0.0; 4];
-        chunk_normal(&x, &y, d, &mut a, &mut c, &mut Vec::new());
-        // Row-major upper triangle of [x, 1]ᵀ[x, 1].
-        assert_eq!(a[0], 2.0);
-        assert_eq!(a[1], 1.5);
-        assert_eq!(a[3], 0.0);
-        assert_eq!(a[15], 2.0);
-        assert_eq!(c, [3.0, 1.0, -1.0, -1.0]);
+        let m = d + 2;
+        let mut g = vec![0.0; m * m];
+        chunk_gram(&x, &y, d, &mut Vec::new(), &mut g);
+        // Upper triangle of [x, 1, y]ᵀ[x, 1, y].
+        let rows: Vec<Vec<f64>> = x
+            .chunks(d)
+            .zip(&y)
+            .map(|(r, &t)| r.iter().map(|&v| f64::from(v)).chain([1.0, f64::from(t)]).collect())
+            .collect();
+        for i in 0..m {
+            for j in 0..m {
+                let want: f64 = if i <= j { rows.iter().map(|r| r[i] * r[j]).sum() } else { 0.0 };
+                assert_eq!(g[i * m + j], want, "({i}, {j})");
+            }
+        }
     }
 }

@@ -99,37 +99,39 @@ impl NormalSums {
         NormalSums { d, a: vec![0.0; (d + 1) * (d + 1)], c: vec![0.0; d + 1], yy: 0.0, rows: 0 }
     }
 
-    fn add(&mut self, other: &NormalSums) {
-        for (s, o) in self.a.iter_mut().zip(&other.a) {
-            *s += o;
-        }
-        for (s, o) in self.c.iter_mut().zip(&other.c) {
-            *s += o;
-        }
-        self.yy += other.yy;
-        self.rows += other.rows;
-    }
-
     /// Adds the rows of `x` and `y`, chunk by chunk, in parallel when a pool is given; chunk sums
     /// are added in chunk order, so the result does not depend on the thread count.
     pub fn add_rows(&mut self, pool: Option<&rayon::ThreadPool>, x: &[f32], y: &[f32]) {
         let d = self.d;
+        let m = d + 2;
         let one = |(xc, yc): (&[f32], &[f32])| {
-            let mut s = NormalSums::new(d);
-            kernel::chunk_normal(xc, yc, d, &mut s.a, &mut s.c, &mut Vec::with_capacity(d + 1));
-            s.yy = yc.iter().map(|&t| f64::from(t) * f64::from(t)).sum();
-            s.rows = yc.len() as u64;
-            s
+            let mut g = vec![0.0; m * m];
+            kernel::chunk_gram(
+                xc,
+                yc,
+                d,
+                &mut Vec::with_capacity(kernel::GRAM_ROWS * (m + 4)),
+                &mut g,
+            );
+            g
         };
-        let parts: Vec<NormalSums> = match pool {
+        let parts: Vec<Vec<f64>> = match pool {
             Some(pool) if y.len() > CHUNK_ROWS => pool.install(|| {
                 x.par_chunks(CHUNK_ROWS * d).zip(y.par_chunks(CHUNK_ROWS)).map(one).collect()
             }),
             _ => x.chunks(CHUNK_ROWS * d).zip(y.chunks(CHUNK_ROWS)).map(one).collect(),
         };
-        for p in &parts {
-            self.add(p);
+        let n = d + 1;
+        for g in &parts {
+            for i in 0..n {
+                for j in i..n {
+                    self.a[i * n + j] += g[i * m + j];
+                }
+                self.c[i] += g[i * m + d + 1];
+            }
+            self.yy += g[(d + 1) * m + d + 1];
         }
+        self.rows += y.len() as u64;
     }
 
     /// Packs the sums into one buffer for a [`Reducer`], and back.
