@@ -11,7 +11,8 @@ use slope::dataset::{ColumnPlan, ColumnSelection, Dataset, IoMode};
 use slope::generate::{GenerateConfig, Truth, generate};
 use slope::train::{Algorithm, Scaling, Silent, TrainConfig, TrainOutcome, train};
 
-const D: usize = 6;
+/// Ten features: one run of eight transposed together, and two transposed one by one.
+const D: usize = 10;
 
 /// Generates a small dataset with several shards and row groups.
 fn dataset(dir: &Path, rows: u64, seed: u64) -> Truth {
