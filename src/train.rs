@@ -927,8 +927,8 @@ impl Trainer<'_> {
         let (grad, rows) = s.sums.split_at_mut(d + 2);
         reduce::gradient_sums(
             Some(&self.pool),
-            &batch.x,
-            &batch.y,
+            batch.x(),
+            batch.y(),
             &s.w32,
             b32,
             &mut s.scratch,
@@ -959,7 +959,7 @@ impl Trainer<'_> {
         let p = &mut self.p;
         let mut loss = 0.0;
         let mut eta = 0.0;
-        for (row, &y) in batch.x.chunks_exact(d).zip(&batch.y) {
+        for (row, &y) in batch.x().chunks_exact(d).zip(batch.y()) {
             let pred: f64 = p.b + p.w.iter().zip(row).map(|(w, &x)| w * f64::from(x)).sum::<f64>();
             let r = pred - f64::from(y);
             eta = schedule.eta(p.updates);

@@ -59,8 +59,8 @@ fn epoch_ids(
     for b in stream {
         let b = b.unwrap();
         assert!(b.rows <= batch);
-        assert_eq!(b.x, b.y, "features and target of a row travel together");
-        ids.extend_from_slice(&b.x);
+        assert_eq!(b.x(), b.y(), "features and target of a row travel together");
+        ids.extend_from_slice(b.x());
     }
     ids
 }
