@@ -128,6 +128,18 @@ impl Dataset {
         self.shards.iter().map(Shard::rows).sum()
     }
 
+    /// The largest row group's compressed size: what a worker holds of the file (mapped or read)
+    /// while it decodes one.
+    pub fn max_row_group_bytes(&self) -> u64 {
+        let groups = self.shards.iter().flat_map(|s| s.meta.metadata().row_groups());
+        groups.map(|rg| rg.compressed_size().max(0) as u64).max().unwrap_or(0)
+    }
+
+    /// Memory held by every shard's parsed footer.
+    pub fn metadata_bytes(&self) -> u64 {
+        self.shards.iter().map(|s| s.meta.metadata().memory_size() as u64).sum()
+    }
+
     /// Names the input in messages: the shard, or the first shard and how many others.
     pub fn describe(&self) -> String {
         let first = self.shards[0].path.display();

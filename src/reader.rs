@@ -16,7 +16,8 @@
 //!    returns it. Dropping the stream raises a cancel flag and drops the receivers, so every
 //!    worker's next send fails and it exits; the drop then joins them all.
 //!
-//! Memory: at most `K × (QUEUE_BLOCKS + 1)` blocks are alive inside the stream.
+//! Memory: at most `K × (queue + 2)` blocks are alive inside the stream, where a worker's queue
+//! holds about [`QUEUE_BYTES`] of blocks.
 
 use std::fs::File;
 use std::sync::Arc;
@@ -30,10 +31,17 @@ use crate::dataset::{ColumnPlan, Dataset, IoMode, Shard, Unit};
 use crate::decode::{Affine, Block, Decoder, OnInvalid, Split};
 use crate::error::{Error, Result};
 
-/// Blocks each worker may queue ahead of the consumer. Two keep a worker busy while the consumer
-/// works through the previous block, and more only adds memory: the consumer visits workers in
-/// turn, so a deeper queue cannot absorb more jitter than the other workers already do.
-pub const QUEUE_BLOCKS: usize = 2;
+/// Bytes of decoded blocks each worker may queue ahead of the consumer.
+///
+/// The consumer takes row groups in order, so while it reads one worker's row group the other
+/// workers must be able to finish theirs: a queue of a couple of blocks would stall them a few
+/// blocks into each row group and serialise the decoding. 32 MiB holds a typical row group
+/// (128k rows of 64 `f32` features) and keeps the bound independent of how large the input's
+/// row groups are; with larger ones, workers overlap less, and memory stays put.
+pub const QUEUE_BYTES: usize = 32 << 20;
+
+/// The fewest blocks a worker may queue, whatever their size.
+const MIN_QUEUE_BLOCKS: usize = 2;
 
 /// Default rows per decoded block. The parquet crate decodes fastest with batches of 4k–16k rows;
 /// smaller blocks pay per-batch overhead, larger ones fall out of cache.
@@ -65,10 +73,19 @@ impl Default for ReadOptions {
 }
 
 impl ReadOptions {
-    /// Bytes that blocks inside a stream can hold at once, for the start-up memory bound.
+    fn block_bytes(&self, plan: &ColumnPlan) -> usize {
+        self.block_rows * (plan.d + usize::from(plan.target.is_some())) * 4
+    }
+
+    /// Blocks each worker may queue (see [`QUEUE_BYTES`]).
+    pub fn queue_blocks(&self, plan: &ColumnPlan) -> usize {
+        (QUEUE_BYTES / self.block_bytes(plan).max(1)).max(MIN_QUEUE_BLOCKS)
+    }
+
+    /// Bytes that blocks inside a stream can hold at once, for the start-up memory bound: each
+    /// worker's queue, the block it is filling, and one the consumer holds.
     pub fn bytes_in_flight(&self, plan: &ColumnPlan) -> u64 {
-        let row_bytes = (plan.d + usize::from(plan.target.is_some())) * 4;
-        (self.workers * (QUEUE_BLOCKS + 2) * self.block_rows * row_bytes) as u64
+        (self.workers * (self.queue_blocks(plan) + 2) * self.block_bytes(plan)) as u64
     }
 }
 
@@ -125,11 +142,12 @@ impl BlockStream {
         let units = Arc::new(units);
         let workers = options.workers.clamp(1, units.len().max(1));
         let cancel = Arc::new(AtomicBool::new(false));
-        let pool = Pool::new(workers * (QUEUE_BLOCKS + 2));
+        let queue = options.queue_blocks(&plan);
+        let pool = Pool::new(workers * (queue + 2));
         let mut receivers = Vec::with_capacity(workers);
         let mut handles = Vec::with_capacity(workers);
         for k in 0..workers {
-            let (tx, rx) = bounded(QUEUE_BLOCKS);
+            let (tx, rx) = bounded(queue);
             let worker = Worker {
                 dataset: Arc::clone(&dataset),
                 plan: Arc::clone(&plan),

@@ -3,8 +3,8 @@
 //! A mini-batch is cut into chunks of [`CHUNK_ROWS`] rows. Rayon workers compute each chunk's
 //! partial sums into that chunk's own slot; the slots are then added in chunk order, in `f64`.
 //! The chunk size is a constant, not a function of the thread count, so the same batch gives
-//! the same bits with one thread or sixteen. Batches of a single chunk skip the thread pool
-//! entirely: that computes the same sums, only without the fork-join cost.
+//! the same bits with one thread or sixteen. Batches of fewer than [`PARALLEL_MIN_CHUNKS`] chunks
+//! skip the thread pool entirely: that computes the same sums, only without the fork-join cost.
 //!
 //! [`Reducer`] is the step after the local sum. On one machine it does nothing; a run across
 //! processes (MPI) implements it as an all-reduce of the summed buffer, and the trainer does not
@@ -18,6 +18,11 @@ use crate::kernel;
 /// Rows per chunk: small enough that `f32` chunk sums stay accurate and a chunk's rows stay in
 /// L1/L2 cache, large enough that a rayon task is worth its scheduling.
 pub const CHUNK_ROWS: usize = 512;
+
+/// Batches of fewer chunks run on the calling thread. Forking a small batch out to the pool
+/// costs more than it saves, and steals cores from the decode workers, which are the pipeline's
+/// bottleneck; the sums are the same either way.
+pub const PARALLEL_MIN_CHUNKS: usize = 8;
 
 /// Combines per-process sums into global sums.
 pub trait Reducer: Send {
@@ -65,7 +70,7 @@ pub fn gradient_sums(
     };
     let slots = scratch.partials.chunks_mut(width);
     match pool {
-        Some(pool) if chunks > 1 => pool.install(|| {
+        Some(pool) if chunks >= PARALLEL_MIN_CHUNKS => pool.install(|| {
             scratch
                 .partials
                 .par_chunks_mut(width)

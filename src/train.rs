@@ -253,8 +253,9 @@ impl TrainConfig {
         }
     }
 
-    /// An upper bound on the memory the pipeline holds, in bytes, whatever the data size.
-    pub fn memory_bound(&self, plan: &ColumnPlan) -> MemoryBound {
+    /// An upper bound on the memory a training run holds, in bytes. It depends on the
+    /// configuration, the feature count and the largest row group, never on the number of rows.
+    pub fn memory_bound(&self, dataset: &Dataset, plan: &ColumnPlan) -> MemoryBound {
         let d = plan.d;
         let shuffle = match self.algorithm {
             Algorithm::Minibatch | Algorithm::Sgd if self.shuffle => {
@@ -268,26 +269,45 @@ impl TrainConfig {
             _ => 0,
         };
         let batches = ((BATCH_QUEUE + 3) * batch_rows * (d + 1) * 4) as u64;
-        let decode = self.read_options(None, Part::Train).bytes_in_flight(plan);
+        let blocks = self.read_options(None, Part::Train).bytes_in_flight(plan);
+        // The normal equations keep one (d+2)² partial per chunk of a block.
         let normal = match self.algorithm {
-            Algorithm::Normal => ((self.threads + 2) * (d + 1) * (d + 1) * 8) as u64,
+            Algorithm::Normal => {
+                (self.block_rows.div_ceil(reduce::CHUNK_ROWS) * (d + 2) * (d + 2) * 8) as u64
+            }
             _ => 0,
         };
-        MemoryBound { shuffle, batches, decode: decode + normal }
+        // Each worker holds the row group it decodes (mapped or read) and Arrow's arrays of one
+        // batch of it, at most 8 bytes a value.
+        let workers = self.threads as u64;
+        let io = workers
+            * (dataset.max_row_group_bytes() + (self.block_rows * (d + 1) * 8) as u64);
+        let base = dataset.metadata_bytes() + PROCESS_BYTES;
+        MemoryBound { shuffle, batches, decode: blocks + normal, io, base }
     }
 }
+
+/// Memory of the process itself, whatever it reads: code, allocator arenas, thread stacks.
+const PROCESS_BYTES: u64 = 24 << 20;
 
 /// The parts of the pipeline's memory bound.
 #[derive(Clone, Copy, Debug)]
 pub struct MemoryBound {
+    /// The shuffle buffer.
     pub shuffle: u64,
+    /// Mini-batches in flight.
     pub batches: u64,
+    /// Decoded blocks in flight (and the normal equations' partial sums).
     pub decode: u64,
+    /// Row groups being decoded: file pages and Arrow arrays.
+    pub io: u64,
+    /// Footers of every shard and the process itself.
+    pub base: u64,
 }
 
 impl MemoryBound {
     pub fn total(&self) -> u64 {
-        self.shuffle + self.batches + self.decode
+        self.shuffle + self.batches + self.decode + self.io + self.base
     }
 }
 

@@ -419,7 +419,7 @@ pub fn run(cli: TrainArgs) -> Result<()> {
     }
     let cancel = install_signal_handlers()?;
 
-    let bound = config.memory_bound(&plan);
+    let bound = config.memory_bound(&dataset, &plan);
     tracing::info!(
         "training {} on {} shard(s), {} rows, {} features, target '{target}'; threads {}, io {}",
         config.algorithm,
@@ -430,11 +430,14 @@ pub fn run(cli: TrainArgs) -> Result<()> {
         dataset.io
     );
     tracing::info!(
-        "memory bound: {} (shuffle buffer {}, batches {}, decoding {})",
+        "memory bound: {} (shuffle buffer {}, batches {}, decoded blocks {}, row groups being \
+         read {}, footers and process {})",
         mib(bound.total()),
         mib(bound.shuffle),
         mib(bound.batches),
-        mib(bound.decode)
+        mib(bound.decode),
+        mib(bound.io),
+        mib(bound.base)
     );
 
     let started = Instant::now();
