@@ -347,7 +347,8 @@ fn keep_schema(batch: &RecordBatch, keep: &[String]) -> std::sync::Arc<arrow_sch
 /// `(first column index, row offset)`, and the other columns' indices.
 fn f32_groups(arrays: &[&ArrayRef], plan: &ColumnPlan) -> (Vec<(usize, usize)>, Vec<usize>) {
     let plain = |i: usize| {
-        plan.features[i].width == 1 && !plan.features[i].list
+        plan.features[i].width == 1
+            && !plan.features[i].list
             && arrays[i].data_type() == &DataType::Float32
             && arrays[i].null_count() == 0
     };
@@ -397,25 +398,6 @@ macro_rules! impl_to_f32 {
     )*};
 }
 impl_to_f32!(i8, i16, i32, i64, u8, u16, u32, u64, f32, f64);
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_split_is_a_deterministic_partition_of_about_the_asked_fraction() {
-        let val = Split { fraction: 0.2, part: Part::Validation };
-        let train = Split { fraction: 0.2, part: Part::Train };
-        let mut held_out = 0;
-        for row in 0..10_000 {
-            let v = val.keeps(42, 3, row);
-            assert_ne!(v, train.keeps(42, 3, row), "every row is in exactly one part");
-            assert_eq!(v, val.keeps(42, 3, row), "the same row lands in the same part");
-            held_out += usize::from(v);
-        }
-        assert!((1800..2200).contains(&held_out), "{held_out}");
-    }
-}
 
 impl ToF32 for half::f16 {
     #[inline]
@@ -477,5 +459,24 @@ fn write_feature(
         DataType::Float32 => go!(Float32Type),
         DataType::Float64 => go!(Float64Type),
         other => unreachable!("column plan admitted non-numeric type {other}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_split_is_a_deterministic_partition_of_about_the_asked_fraction() {
+        let val = Split { fraction: 0.2, part: Part::Validation };
+        let train = Split { fraction: 0.2, part: Part::Train };
+        let mut held_out = 0;
+        for row in 0..10_000 {
+            let v = val.keeps(42, 3, row);
+            assert_ne!(v, train.keeps(42, 3, row), "every row is in exactly one part");
+            assert_eq!(v, val.keeps(42, 3, row), "the same row lands in the same part");
+            held_out += usize::from(v);
+        }
+        assert!((1800..2200).contains(&held_out), "{held_out}");
     }
 }
