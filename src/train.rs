@@ -815,7 +815,7 @@ impl Trainer<'_> {
     ///
     /// The pass is not checkpointed mid-way (its only update comes at the end); a cancelled
     /// pass is abandoned and the checkpoint records the state at its start.
-    fn batch_epoch(&mut self, epoch: usize) -> Result<EpochSums> {
+    fn batch_epoch(&mut self, _epoch: usize) -> Result<EpochSums> {
         let d = self.plan.d;
         let w32: Vec<f32> = self.p.w.iter().map(|&w| w as f32).collect();
         let b32 = self.p.b as f32;
@@ -873,7 +873,6 @@ impl Trainer<'_> {
                 self.p.updates += 1;
             }
         }
-        let _ = epoch;
         self.p.rows_skipped = skipped;
         self.p.rows_seen += n as u64;
         self.p.epoch_rows = n as u64;
@@ -889,12 +888,7 @@ impl Trainer<'_> {
     fn stochastic_epoch(&mut self, epoch: usize) -> Result<EpochSums> {
         let config = self.config;
         let order = epoch_order(&self.units, config.seed, epoch as u64, config.shuffle);
-        // The shuffler is a sequential stage that needs a core of its own: decode workers that
-        // take every core starve it and slow the whole pipeline down (measured: 10M rows on two
-        // cores, 2.0 s with two workers against 1.7 s with one). Leave it one.
-        let read =
-            ReadOptions { workers: config.threads.saturating_sub(1).max(1), ..self.read.clone() };
-        let blocks = self.stream(order, &read)?;
+        let blocks = self.stream(order, &self.read)?;
         let per_row = config.algorithm == Algorithm::Sgd;
         let batch_rows = if per_row { SGD_TRANSFER_ROWS } else { config.batch_size };
         let capacity = if config.shuffle { config.shuffle_buffer } else { 0 };

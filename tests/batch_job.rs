@@ -607,3 +607,40 @@ fn inputs_that_do_not_exist_are_named() {
     );
     assert!(!model.exists());
 }
+
+#[test]
+fn json_logs_are_one_object_per_line_and_errors_stay_plain() {
+    let tmp = TempDir::new().unwrap();
+    let model = tmp.path().join("model.json");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let train = root.join("fixtures/train");
+    let (code, stderr) = run(&[
+        "train",
+        s(&train),
+        "--target",
+        "y",
+        "--exclude",
+        "id",
+        "--epochs",
+        "2",
+        "--log-format",
+        "json",
+        "--model",
+        s(&model),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let lines: Vec<Value> = stderr.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let messages: Vec<&str> =
+        lines.iter().map(|l| l["fields"]["message"].as_str().unwrap()).collect();
+    assert!(messages.iter().any(|m| m.starts_with("epoch 2/2: loss=")), "{messages:?}");
+    assert!(lines.iter().all(|l| l["level"] == "INFO"), "{stderr}");
+
+    // RUST_LOG wins over --log-level: warnings only, so no epoch lines.
+    let out = slope()
+        .args(["train", s(&train), "--target", "y", "--exclude", "id", "--model", s(&model)])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+}
