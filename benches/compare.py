@@ -94,6 +94,10 @@ def main():
                         f.write(json.dumps(rec) + "\n")
                     print(f"{size} t{threads} {name:9s} {wall:7.3f}s {rss:8.1f} MiB", flush=True)
 
+    # Summarise every run recorded so far, so that sizes measured in separate invocations (the
+    # large one takes long) land in one table.
+    with open(runs_path) as f:
+        runs = [json.loads(line) for line in f if line.strip()]
     summary = summarise(runs)
     with open(os.path.join(results, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)

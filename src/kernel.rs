@@ -123,10 +123,17 @@ pub fn chunk_gram(x: &[f32], y: &[f32], d: usize, panels: &mut Vec<[f64; TILE]>,
         let rows = ys.len();
         panels.clear();
         panels.resize(np * rows, [0.0; TILE]);
+        // One row of Z at a time, zero-padded to whole panels, then dealt out four values per
+        // panel.
+        let mut z = vec![0.0f64; np * TILE];
         for (i, (row, &t)) in xs.chunks_exact(d).zip(ys).enumerate() {
-            let z = row.iter().map(|&v| f64::from(v)).chain([1.0, f64::from(t)]);
-            for (j, v) in z.enumerate() {
-                panels[(j / TILE) * rows + i][j % TILE] = v;
+            for (zj, &v) in z.iter_mut().zip(row) {
+                *zj = f64::from(v);
+            }
+            z[d] = 1.0;
+            z[d + 1] = f64::from(t);
+            for (p, four) in z.chunks_exact(TILE).enumerate() {
+                panels[p * rows + i] = [four[0], four[1], four[2], four[3]];
             }
         }
         gram_tiles(panels, rows, m, g);
