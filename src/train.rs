@@ -817,38 +817,8 @@ impl Trainer<'_> {
     /// pass is abandoned and the checkpoint records the state at its start.
     fn batch_epoch(&mut self, _epoch: usize) -> Result<EpochSums> {
         let d = self.plan.d;
-        let w32: Vec<f32> = self.p.w.iter().map(|&w| w as f32).collect();
-        let b32 = self.p.b as f32;
-        let mut total = vec![0.0f64; d + 3];
-        let mut part = vec![0.0f64; d + 2];
-        let mut scratch = Scratch::default();
-        let mut skipped = 0u64;
-        let mut stream = self.stream(self.units.clone(), &self.read)?;
-        let recycle = stream.recycler();
-        for block in &mut stream {
-            let block = block?;
-            reduce::gradient_sums(
-                self.pool(),
-                &block.x,
-                &block.y,
-                &w32,
-                b32,
-                &mut scratch,
-                &mut part,
-            );
-            for (t, p) in total.iter_mut().zip(&part) {
-                *t += p;
-            }
-            total[d + 2] += block.rows as f64;
-            skipped += block.skipped as u64;
-            self.observer.rows_done((block.rows + block.skipped) as u64);
-            recycle.give(block);
-            if self.cancelled() {
-                drop(stream);
-                return Err(self.interrupt()?);
-            }
-        }
-        drop(stream);
+        let stream = self.stream(self.units.clone(), &self.read)?;
+        let (mut total, skipped) = self.pass_sums(stream, true)?;
         self.reducer.all_reduce_sum(&mut total)?;
 
         let n = total[d + 2];
@@ -1043,36 +1013,50 @@ impl Trainer<'_> {
 
     /// MSE of the current weights on the validation rows, if there are any.
     fn validation_loss(&mut self) -> Result<Option<f64>> {
-        let Some((dataset, plan, read)) = &self.validation else { return Ok(None) };
-        let w32: Vec<f32> = self.p.w.iter().map(|&w| w as f32).collect();
-        let b32 = self.p.b as f32;
-        let mut part = vec![0.0f64; self.plan.d + 2];
-        let mut scratch = Scratch::default();
-        let mut sums = [0.0f64; 2];
-        let mut stream =
-            BlockStream::start(Arc::clone(dataset), Arc::clone(plan), dataset.units(), read)?;
-        let recycle = stream.recycler();
-        for block in &mut stream {
-            let block = block?;
-            reduce::gradient_sums(
-                self.pool(),
-                &block.x,
-                &block.y,
-                &w32,
-                b32,
-                &mut scratch,
-                &mut part,
-            );
-            sums[0] += part[self.plan.d + 1];
-            sums[1] += block.rows as f64;
-            recycle.give(block);
-        }
-        drop(stream);
+        let Some((dataset, plan, read)) = self.validation.clone() else { return Ok(None) };
+        let stream = BlockStream::start(Arc::clone(&dataset), plan, dataset.units(), &read)?;
+        let (total, _) = self.pass_sums(stream, false)?;
+        let d = self.plan.d;
+        let mut sums = [total[d + 1], total[d + 2]];
         self.reducer.all_reduce_sum(&mut sums)?;
         if sums[1] == 0.0 {
             return Err(Error::NoRows { input: dataset.describe(), purpose: "validate on" });
         }
         Ok(Some(sums[0] / sums[1]))
+    }
+
+    /// Sums `[Σ r x (d values), Σ r, Σ r², rows]` over every block of `stream` at the current
+    /// weights, blocks in order, and counts the rows skipped as invalid. A training pass
+    /// (`training`) reports progress and honours cancellation between blocks.
+    fn pass_sums(&mut self, mut stream: BlockStream, training: bool) -> Result<(Vec<f64>, u64)> {
+        let d = self.plan.d;
+        let w32: Vec<f32> = self.p.w.iter().map(|&w| w as f32).collect();
+        let b32 = self.p.b as f32;
+        let mut total = vec![0.0f64; d + 3];
+        let mut part = vec![0.0f64; d + 2];
+        let mut scratch = Scratch::default();
+        let mut skipped = 0u64;
+        let recycle = stream.recycler();
+        for block in &mut stream {
+            let block = block?;
+            let (x, y) = (&block.x, &block.y);
+            reduce::gradient_sums(self.pool(), x, y, &w32, b32, &mut scratch, &mut part);
+            for (t, p) in total.iter_mut().zip(&part) {
+                *t += p;
+            }
+            total[d + 2] += block.rows as f64;
+            skipped += block.skipped as u64;
+            let seen = (block.rows + block.skipped) as u64;
+            recycle.give(block);
+            if training {
+                self.observer.rows_done(seen);
+                if self.cancelled() {
+                    drop(stream);
+                    return Err(self.interrupt()?);
+                }
+            }
+        }
+        Ok((total, skipped))
     }
 
     /// The ridge term `l2 · ‖w‖²` of the objective at the current weights.
