@@ -37,13 +37,13 @@ pub struct Args {
 #[derive(ClapArgs, Debug)]
 struct LogArgs {
     /// Print only errors: no progress bar and no per-epoch lines.
-    #[arg(long, short, global = true)]
+    #[arg(long, short, global = true, display_order = 900)]
     quiet: bool,
     /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
-    #[arg(long, global = true, default_value = "info", value_name = "LEVEL")]
+    #[arg(long, global = true, default_value = "info", value_name = "LEVEL", display_order = 901)]
     log_level: String,
     /// Log line format on stderr.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, display_order = 902)]
     log_format: LogFormat,
 }
 
