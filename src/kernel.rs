@@ -79,24 +79,28 @@ pub fn chunk_loss(x: &[f32], y: &[f32], w: &[f32], b: f32) -> f32 {
     x.chunks_exact(d).zip(y).map(|(row, &t)| (dot(w, row) + b - t).powi(2)).sum()
 }
 
+/// `Σ w_j x_j` in `f64`, with four independent accumulators so that the additions pipeline
+/// rather than wait on each other; the order is fixed, so the result is too.
+#[inline]
+pub fn dot_f64(w: &[f64], x: &[f32]) -> f64 {
+    let mut acc = [0.0f64; 4];
+    let mut wc = w.chunks_exact(4);
+    let mut xc = x.chunks_exact(4);
+    for (wl, xl) in (&mut wc).zip(&mut xc) {
+        for k in 0..4 {
+            acc[k] += wl[k] * f64::from(xl[k]);
+        }
+    }
+    let tail: f64 = wc.remainder().iter().zip(xc.remainder()).map(|(a, b)| a * f64::from(*b)).sum();
+    (acc[0] + acc[2]) + (acc[1] + acc[3]) + tail
+}
+
 /// Predicts each row of `x` into `out`, in `f64` so that a model's weights are applied exactly
 /// as stored.
 pub fn predict_rows(x: &[f32], w: &[f64], b: f64, out: &mut Vec<f64>) {
     let d = w.len();
     out.clear();
-    out.extend(x.chunks_exact(d).map(|row| {
-        let mut acc = [0.0f64; 4];
-        let mut wc = w.chunks_exact(4);
-        let mut xc = row.chunks_exact(4);
-        for (wl, xl) in (&mut wc).zip(&mut xc) {
-            for k in 0..4 {
-                acc[k] += wl[k] * f64::from(xl[k]);
-            }
-        }
-        let tail: f64 =
-            wc.remainder().iter().zip(xc.remainder()).map(|(a, b)| a * f64::from(*b)).sum();
-        b + (acc[0] + acc[2]) + (acc[1] + acc[3]) + tail
-    }));
+    out.extend(x.chunks_exact(d).map(|row| b + dot_f64(w, row)));
 }
 
 /// Columns per side of a register tile of the Gram kernel.

@@ -27,6 +27,7 @@ use crate::checkpoint::{self, Best, Checkpoint, CheckpointPolicy, Fingerprint, P
 use crate::dataset::{ColumnPlan, Dataset, Unit};
 use crate::decode::{OnInvalid, Part, Split};
 use crate::error::{Error, Result};
+use crate::kernel;
 use crate::model::LineageEntry;
 use crate::reader::{BlockStream, DEFAULT_BLOCK_ROWS, ReadOptions};
 use crate::reduce::{self, LocalReducer, NormalSums, Reducer, Scratch};
@@ -940,7 +941,7 @@ impl Trainer<'_> {
         let mut loss = 0.0;
         let mut eta = 0.0;
         for (row, &y) in batch.x().chunks_exact(d).zip(batch.y()) {
-            let pred: f64 = p.b + p.w.iter().zip(row).map(|(w, &x)| w * f64::from(x)).sum::<f64>();
+            let pred = p.b + kernel::dot_f64(&p.w, row);
             let r = pred - f64::from(y);
             eta = schedule.eta(p.updates);
             let step = 2.0 * eta * r;
