@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::dataset::{ColumnPlan, Dataset};
 use crate::error::{Error, Result};
 use crate::kernel::predict_rows;
-use crate::model::{Model, temporary_path};
+use crate::model::{Model, write_via_temporary};
 use crate::reader::{BlockStream, ReadOptions};
 
 /// Regression metrics of a model on a dataset.
@@ -109,21 +109,7 @@ pub fn predict(
     fields.push(Field::new("prediction", DataType::Float64, false));
     let schema = Arc::new(Schema::new(fields));
 
-    let tmp = temporary_path(out);
-    let result = write_predictions(&dataset, &plan, model, &schema, &tmp, options);
-    match result {
-        Ok(summary) => {
-            std::fs::rename(&tmp, out).map_err(|e| {
-                let _ = std::fs::remove_file(&tmp);
-                Error::io(out, "write (rename into place)", e)
-            })?;
-            Ok(summary)
-        }
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            Err(e)
-        }
-    }
+    write_via_temporary(out, |tmp| write_predictions(&dataset, &plan, model, &schema, tmp, options))
 }
 
 fn write_predictions(

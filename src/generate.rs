@@ -13,7 +13,7 @@
 //! so the output does not depend on the thread count.
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use arrow_array::{ArrayRef, Float32Array, Int64Array, RecordBatch};
@@ -25,7 +25,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::model::{temporary_path, write_atomically};
+use crate::model::{write_atomically, write_via_temporary};
 use crate::rng::Rng;
 
 /// What to generate.
@@ -145,7 +145,20 @@ pub fn generate(config: &GenerateConfig, out: &Path) -> Result<Truth> {
 
 /// Writes one shard of `rows` rows, a row group at a time; with `ids`, a leading `id` column.
 fn write_shard(
-    path: &PathBuf,
+    path: &Path,
+    truth: &Truth,
+    rows: u64,
+    group: usize,
+    rng: Rng,
+    ids: bool,
+) -> Result<()> {
+    write_via_temporary(path, |tmp| fill_shard(tmp, path, truth, rows, group, rng, ids))
+}
+
+/// Writes the rows of one shard into `tmp`, which becomes `path` once complete.
+fn fill_shard(
+    tmp: &Path,
+    path: &Path,
     truth: &Truth,
     rows: u64,
     group: usize,
@@ -166,9 +179,8 @@ fn write_shard(
         .set_dictionary_enabled(false)
         .set_max_row_group_row_count(Some(group))
         .build();
-    let tmp = temporary_path(path);
-    let write_err = |source| Error::Write { path: path.clone(), source };
-    let file = File::create(&tmp).map_err(|e| Error::io(&tmp, "create", e))?;
+    let write_err = |source| Error::Write { path: path.to_path_buf(), source };
+    let file = File::create(tmp).map_err(|e| Error::io(path, "create", e))?;
     let mut writer =
         ArrowWriter::try_new(file, Arc::clone(&schema), Some(props)).map_err(write_err)?;
     let mut done = 0u64;
@@ -204,6 +216,5 @@ fn write_shard(
         done += n as u64;
     }
     let file = writer.into_inner().map_err(write_err)?;
-    file.sync_all().map_err(|e| Error::io(&tmp, "write", e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, "write (rename into place)", e))
+    file.sync_all().map_err(|e| Error::io(path, "write", e))
 }

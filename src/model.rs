@@ -201,24 +201,54 @@ impl Model {
 
 /// Writes `bytes` to `path` so that `path` holds either its old contents or all of `bytes`.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = temporary_path(path);
-    let write = || -> std::io::Result<()> {
-        let mut file = File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()
-    };
-    if let Err(e) = write() {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::io(path, "write", e));
-    }
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::io(path, "write (rename into place)", e)
+    write_via_temporary(path, |tmp| {
+        let mut file = File::create(tmp).map_err(|e| Error::io(path, "write", e))?;
+        file.write_all(bytes)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| Error::io(path, "write", e))
     })
+}
+
+/// Writes `path` through a hidden temporary sibling: `write` fills (and syncs) the temporary
+/// file; on success it is renamed into place, on failure removed. Readers of `path` see the old
+/// file or the whole new one, and a failed write leaves nothing behind.
+pub fn write_via_temporary<T>(path: &Path, write: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
+    let tmp = temporary_path(path);
+    let result = write(&tmp).and_then(|value| {
+        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, "write (rename into place)", e))?;
+        Ok(value)
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
 /// A hidden sibling of `path` for atomic writes.
 pub fn temporary_path(path: &Path) -> PathBuf {
     let name = path.file_name().map_or("out".into(), |n| n.to_string_lossy().into_owned());
     path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_write_leaves_the_old_file_and_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.json");
+        write_atomically(&path, b"old").unwrap();
+        let failed: Result<()> = write_via_temporary(&path, |tmp| {
+            std::fs::write(tmp, b"half").unwrap();
+            Err(Error::NoRows { input: "test".into(), purpose: "write" })
+        });
+        assert!(failed.is_err());
+        assert_eq!(std::fs::read(&path).unwrap(), b"old");
+        let names: Vec<_> =
+            std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["out.json"]);
+        write_atomically(&path, b"new").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
+    }
 }
