@@ -103,87 +103,203 @@ pub fn predict_rows(x: &[f32], w: &[f64], b: f64, out: &mut Vec<f64>) {
     out.extend(x.chunks_exact(d).map(|row| b + dot_f64(w, row)));
 }
 
-/// Columns per side of a register tile of the Gram kernel.
-pub const TILE: usize = 4;
+/// Rows per pass of the Gram kernel. The pass's rows, repacked as `f64` (`GRAM_ROWS × stride`,
+/// 40 KB at d = 64), stay in the L1 cache while every tile of the matrix walks over them.
+pub const GRAM_ROWS: usize = 64;
 
-/// Rows per pass of the Gram kernel: the repacked rows (`GRAM_ROWS × m` doubles) stay in L1/L2
-/// cache while every tile of the matrix walks over them.
-pub const GRAM_ROWS: usize = 128;
+/// Row length of the repacked rows: room for a tile of 16 columns that starts at any multiple
+/// of 8 below `m`.
+fn gram_stride(m: usize) -> usize {
+    m.next_multiple_of(8) + 8
+}
+
+/// The column tiles of row tile `i0`: they start on the diagonal, so that no tile lies wholly
+/// below it.
+fn column_tiles(i0: usize, tj: usize, m: usize) -> std::iter::StepBy<std::ops::Range<usize>> {
+    (i0..m).step_by(tj)
+}
 
 /// Adds the upper triangle of `Zᵀ Z` to `g` (row-major `m × m`, `m = d + 2`), where each row of
 /// `Z` is a row of `x` followed by a constant 1 (the bias) and its target `y`. One call thus
 /// yields every sum the normal equations need: `XᵀX`, `Xᵀ1`, `Xᵀy`, `n`, `Σy` and `yᵀy`.
 ///
-/// The rows are repacked as `f64` panels of four columns (`panel[r] = [z_r,4p … z_r,4p+3]`,
-/// zero-padded), and each 4 × 4 tile of the result is accumulated in registers over all the rows
-/// as a sum of outer products of two panel rows, before it is added to `g`. A rank-one update
-/// per row would instead stream the whole `m × m` matrix through the cache for every row.
-/// Products of two `f32` values are exact in `f64`, so only the additions round.
-pub fn chunk_gram(x: &[f32], y: &[f32], d: usize, panels: &mut Vec<[f64; TILE]>, g: &mut [f64]) {
+/// `GRAM_ROWS` rows at a time are repacked into `scratch` as zero-padded `f64` rows, and each
+/// tile of the result is accumulated in registers over those rows as a sum of outer products,
+/// then added to `g`. (A rank-one update per row would stream the whole `m × m` matrix through
+/// the cache for every row.) Products of two `f32` values are exact in `f64`, so only the
+/// additions round, and every cell is summed over the rows in row order whatever the tile shape:
+/// the AVX-512, AVX2 and baseline builds give the same bits.
+pub fn chunk_gram(x: &[f32], y: &[f32], d: usize, scratch: &mut Vec<f64>, g: &mut [f64]) {
     let m = d + 2;
     debug_assert_eq!(g.len(), m * m);
-    let np = m.div_ceil(TILE);
+    let stride = gram_stride(m);
     for (xs, ys) in x.chunks(GRAM_ROWS * d).zip(y.chunks(GRAM_ROWS)) {
         let rows = ys.len();
-        panels.clear();
-        panels.resize(np * rows, [0.0; TILE]);
-        // One row of Z at a time, zero-padded to whole panels, then dealt out four values per
-        // panel.
-        let mut z = vec![0.0f64; np * TILE];
-        for (i, (row, &t)) in xs.chunks_exact(d).zip(ys).enumerate() {
-            for (zj, &v) in z.iter_mut().zip(row) {
-                *zj = f64::from(v);
-            }
-            z[d] = 1.0;
-            z[d + 1] = f64::from(t);
-            for (p, four) in z.chunks_exact(TILE).enumerate() {
-                panels[p * rows + i] = [four[0], four[1], four[2], four[3]];
-            }
-        }
-        gram_tiles(panels, rows, m, g);
+        // Padding columns are written as zeros once and never touched again.
+        scratch.resize(rows * stride, 0.0);
+        pack(xs, ys, d, &mut scratch[..rows * stride]);
+        gram_pass(&scratch[..rows * stride], stride, m, g);
     }
 }
 
+/// Writes each row of `x` as `f64`, followed by 1 and its target, into rows of `z`.
 #[inline(always)]
-fn gram_tiles_generic(panels: &[[f64; TILE]], rows: usize, m: usize, g: &mut [f64]) {
-    let np = m.div_ceil(TILE);
-    for pi in 0..np {
-        let left = &panels[pi * rows..(pi + 1) * rows];
-        for pj in pi..np {
-            let right = &panels[pj * rows..(pj + 1) * rows];
-            let mut acc = [[0.0f64; TILE]; TILE];
-            for (a, b) in left.iter().zip(right) {
-                for (row, &ak) in acc.iter_mut().zip(a) {
-                    for (cell, &bl) in row.iter_mut().zip(b) {
-                        *cell += ak * bl;
-                    }
-                }
-            }
-            for (k, row) in acc.iter().enumerate() {
-                for (l, &v) in row.iter().enumerate() {
-                    let (i, j) = (pi * TILE + k, pj * TILE + l);
-                    if i <= j && j < m {
-                        g[i * m + j] += v;
-                    }
-                }
-            }
+fn pack_rows(x: &[f32], y: &[f32], d: usize, z: &mut [f64]) {
+    let stride = z.len() / y.len();
+    for ((z, row), &t) in z.chunks_exact_mut(stride).zip(x.chunks_exact(d)).zip(y) {
+        for (zj, &v) in z[..d].iter_mut().zip(row) {
+            *zj = f64::from(v);
         }
+        z[d] = 1.0;
+        z[d + 1] = f64::from(t);
     }
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn gram_tiles_avx2(panels: &[[f64; TILE]], rows: usize, m: usize, g: &mut [f64]) {
-    gram_tiles_generic(panels, rows, m, g)
+#[target_feature(enable = "avx512f")]
+fn pack_rows_avx512(x: &[f32], y: &[f32], d: usize, z: &mut [f64]) {
+    pack_rows(x, y, d, z)
 }
 
-fn gram_tiles(panels: &[[f64; TILE]], rows: usize, m: usize, g: &mut [f64]) {
+fn pack(x: &[f32], y: &[f32], d: usize, z: &mut [f64]) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2, checked just above.
-        return unsafe { gram_tiles_avx2(panels, rows, m, g) };
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU supports AVX-512F, checked just above.
+        return unsafe { pack_rows_avx512(x, y, d, z) };
     }
-    gram_tiles_generic(panels, rows, m, g)
+    pack_rows(x, y, d, z)
+}
+
+/// One pass of the Gram kernel over repacked rows `z` (rows of `stride` values), with tiles of
+/// `TI × TJ` cells, only those that reach the upper triangle. This is the portable build and the
+/// reference for the vector builds below, which must sum every cell in the same order.
+fn gram_tiles<const TI: usize, const TJ: usize>(z: &[f64], stride: usize, m: usize, g: &mut [f64]) {
+    for i0 in (0..m).step_by(TI) {
+        for j0 in column_tiles(i0, TJ, m) {
+            let mut acc = [[0.0f64; TJ]; TI];
+            for zr in z.chunks_exact(stride) {
+                for (k, cells) in acc.iter_mut().enumerate() {
+                    for (l, cell) in cells.iter_mut().enumerate() {
+                        *cell += zr[i0 + k] * zr[j0 + l];
+                    }
+                }
+            }
+            add_tile(&acc, i0, j0, m, g);
+        }
+    }
+}
+
+/// Adds the cells of a tile at `(i0, j0)` that lie in the upper triangle of `g` (`m × m`).
+fn add_tile<const TI: usize, const TJ: usize>(
+    acc: &[[f64; TJ]; TI],
+    i0: usize,
+    j0: usize,
+    m: usize,
+    g: &mut [f64],
+) {
+    for (i, cells) in (i0..m).zip(acc) {
+        for (j, &v) in (j0..m).zip(cells) {
+            if i <= j {
+                g[i * m + j] += v;
+            }
+        }
+    }
+}
+
+/// The AVX-512 build: tiles of 8 × 16 cells, held in 16 registers of 8 doubles, which is enough
+/// independent sums to keep both floating-point adders busy. Each row contributes the product
+/// of 8 broadcast values with two 8-wide loads.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn gram_pass_avx512(z: &[f64], stride: usize, m: usize, g: &mut [f64]) {
+    use std::arch::x86_64::{
+        __m512d, _mm512_add_pd, _mm512_loadu_pd, _mm512_mul_pd, _mm512_set1_pd, _mm512_setzero_pd,
+        _mm512_storeu_pd,
+    };
+    const TI: usize = 8;
+    const TJ: usize = 16;
+    for i0 in (0..m).step_by(TI) {
+        for j0 in column_tiles(i0, TJ, m) {
+            let mut lo: [__m512d; TI] = [_mm512_setzero_pd(); TI];
+            let mut hi: [__m512d; TI] = [_mm512_setzero_pd(); TI];
+            for zr in z.chunks_exact(stride) {
+                let a: &[f64; TI] = zr[i0..i0 + TI].try_into().expect("a whole tile");
+                let b: &[f64; TJ] = zr[j0..j0 + TJ].try_into().expect("a whole tile");
+                // SAFETY: `b` holds 16 doubles, so both 8-wide unaligned loads are in bounds.
+                let (b0, b1) =
+                    unsafe { (_mm512_loadu_pd(b.as_ptr()), _mm512_loadu_pd(b.as_ptr().add(8))) };
+                for k in 0..TI {
+                    let ak = _mm512_set1_pd(a[k]);
+                    lo[k] = _mm512_add_pd(lo[k], _mm512_mul_pd(ak, b0));
+                    hi[k] = _mm512_add_pd(hi[k], _mm512_mul_pd(ak, b1));
+                }
+            }
+            let mut acc = [[0.0f64; TJ]; TI];
+            for (cells, (l, h)) in acc.iter_mut().zip(lo.iter().zip(&hi)) {
+                // SAFETY: `cells` holds 16 doubles, room for both 8-wide stores.
+                unsafe {
+                    _mm512_storeu_pd(cells.as_mut_ptr(), *l);
+                    _mm512_storeu_pd(cells.as_mut_ptr().add(8), *h);
+                }
+            }
+            add_tile(&acc, i0, j0, m, g);
+        }
+    }
+}
+
+/// The AVX2 build: tiles of 4 × 8 cells in 8 registers of 4 doubles, half the register file.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn gram_pass_avx2(z: &[f64], stride: usize, m: usize, g: &mut [f64]) {
+    use std::arch::x86_64::{
+        __m256d, _mm256_add_pd, _mm256_loadu_pd, _mm256_mul_pd, _mm256_set1_pd, _mm256_setzero_pd,
+        _mm256_storeu_pd,
+    };
+    const TI: usize = 4;
+    const TJ: usize = 8;
+    for i0 in (0..m).step_by(TI) {
+        for j0 in column_tiles(i0, TJ, m) {
+            let mut lo: [__m256d; TI] = [_mm256_setzero_pd(); TI];
+            let mut hi: [__m256d; TI] = [_mm256_setzero_pd(); TI];
+            for zr in z.chunks_exact(stride) {
+                let a: &[f64; TI] = zr[i0..i0 + TI].try_into().expect("a whole tile");
+                let b: &[f64; TJ] = zr[j0..j0 + TJ].try_into().expect("a whole tile");
+                // SAFETY: `b` holds 8 doubles, so both 4-wide unaligned loads are in bounds.
+                let (b0, b1) =
+                    unsafe { (_mm256_loadu_pd(b.as_ptr()), _mm256_loadu_pd(b.as_ptr().add(4))) };
+                for k in 0..TI {
+                    let ak = _mm256_set1_pd(a[k]);
+                    lo[k] = _mm256_add_pd(lo[k], _mm256_mul_pd(ak, b0));
+                    hi[k] = _mm256_add_pd(hi[k], _mm256_mul_pd(ak, b1));
+                }
+            }
+            let mut acc = [[0.0f64; TJ]; TI];
+            for (cells, (l, h)) in acc.iter_mut().zip(lo.iter().zip(&hi)) {
+                // SAFETY: `cells` holds 8 doubles, room for both 4-wide stores.
+                unsafe {
+                    _mm256_storeu_pd(cells.as_mut_ptr(), *l);
+                    _mm256_storeu_pd(cells.as_mut_ptr().add(4), *h);
+                }
+            }
+            add_tile(&acc, i0, j0, m, g);
+        }
+    }
+}
+
+/// One pass of the Gram kernel with the widest build this CPU runs.
+fn gram_pass(z: &[f64], stride: usize, m: usize, g: &mut [f64]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F, checked just above.
+            return unsafe { gram_pass_avx512(z, stride, m, g) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2, checked just above.
+            return unsafe { gram_pass_avx2(z, stride, m, g) };
+        }
+    }
+    gram_tiles::<4, 8>(z, stride, m, g)
 }
 
 #[cfg(test)]
@@ -220,6 +336,52 @@ mod tests {
         }
         assert!((f64::from(loss) - expect_loss).abs() < 1e-4 * expect_loss);
         assert!((f64::from(chunk_loss(&x, &y, &w, b)) - expect_loss).abs() < 1e-4 * expect_loss);
+    }
+
+    /// Every build sums each cell over the rows in row order, so the AVX-512, AVX2 and portable
+    /// kernels give the same bits as a plain cell-by-cell sum, whichever this CPU dispatches to.
+    #[test]
+    fn gram_tile_shapes_agree_bit_for_bit() {
+        for d in [1, 5, 14, 15, 16, 30, 64, 67] {
+            let m = d + 2;
+            let stride = gram_stride(m);
+            let rows = 2 * GRAM_ROWS + 3;
+            let z: Vec<f64> = (0..rows * stride)
+                .map(|i| if i % stride < m { ((i * 7919) % 1009) as f64 / 97.0 - 5.2 } else { 0.0 })
+                .collect();
+            let reference = {
+                let mut g = vec![0.0; m * m];
+                gram_tiles::<1, 1>(&z, stride, m, &mut g);
+                g
+            };
+            let run = |pass: &dyn Fn(&mut [f64])| {
+                let mut g = vec![0.0; m * m];
+                pass(&mut g);
+                g
+            };
+            let mut builds = vec![
+                ("portable", run(&|g| gram_tiles::<4, 8>(&z, stride, m, g))),
+                ("dispatched", run(&|g| gram_pass(&z, stride, m, g))),
+            ];
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU supports AVX2, checked just above.
+                    builds.push(("avx2", run(&|g| unsafe { gram_pass_avx2(&z, stride, m, g) })));
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU supports AVX-512F, checked just above.
+                    builds
+                        .push(("avx512", run(&|g| unsafe { gram_pass_avx512(&z, stride, m, g) })));
+                }
+            }
+            for (k, want) in reference.iter().enumerate() {
+                let (i, j) = (k / m, k % m);
+                for (name, got) in &builds {
+                    assert_eq!(got[k].to_bits(), want.to_bits(), "d={d} ({i}, {j}) {name}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -115,7 +115,7 @@ impl NormalSums {
                 xc,
                 yc,
                 d,
-                &mut Vec::with_capacity(kernel::GRAM_ROWS * (m + 4)),
+                &mut Vec::with_capacity(kernel::GRAM_ROWS * (m + 16)),
                 &mut g,
             );
             g
