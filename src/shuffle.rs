@@ -117,6 +117,11 @@ impl<E, F: FnMut(Batch) -> Result<Batch, E>> BatchWriter<F> {
         Ok(())
     }
 
+    /// The batch being filled, for a writer that is rebuilt around it later.
+    fn into_batch(self) -> Batch {
+        self.batch
+    }
+
     /// Emits the last, partial batch, if any.
     pub fn finish(mut self) -> Result<(), E> {
         if self.batch.rows > 0 {
@@ -306,18 +311,30 @@ fn copy_row(dst: &mut [f32], src: &[f32]) {
     }
 }
 
-/// A message from the shuffler thread to the trainer.
-enum Msg {
-    Batch(Batch),
-    /// The epoch's rows are all sent; `skipped` rows were dropped as invalid.
-    End {
-        skipped: u64,
-    },
-    Failed(Error),
+/// Where the shuffle buffer's work runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShuffleOn {
+    /// Its own thread, `slope-shuffle`, which fills batches while the trainer computes: with
+    /// cores to spare, shuffling then overlaps training.
+    OwnThread,
+    /// The consumer's thread, a block at a time, when it asks for a batch. On a machine with as
+    /// few cores as decode workers, a separate shuffler only competes with them for the same
+    /// cores, and every batch costs a hand-off between threads; here the batch is still in the
+    /// cache when the trainer reads it.
+    Caller,
 }
 
-/// The shuffler thread of one epoch: blocks in, mini-batches out, as an iterator.
+impl ShuffleOn {
+    /// The choice for a trainer with `threads` threads: the shuffler gets its own thread once
+    /// there is a core for it beside two decode workers and the trainer.
+    pub fn for_threads(threads: usize) -> ShuffleOn {
+        if threads >= 4 { ShuffleOn::OwnThread } else { ShuffleOn::Caller }
+    }
+}
+
+/// One epoch's mini-batches from a stream of blocks, as an iterator.
 ///
+/// On its own thread ([`ShuffleOn::OwnThread`]):
 /// 1. The thread pulls blocks from the decode workers in the epoch's row-group order and pushes
 ///    their rows through a [`ShuffleBuffer`].
 /// 2. Each full batch goes to the consumer over a channel bounded at [`BATCH_QUEUE`]; the
@@ -327,12 +344,19 @@ enum Msg {
 ///    error it sends the error. If the consumer drops the stream, the thread's next send fails
 ///    and it winds down, dropping the block stream, which stops and joins the decode workers;
 ///    the drop joins the thread.
+///
+/// On the caller's thread ([`ShuffleOn::Caller`]) the same buffer, with the same random draws,
+/// takes one block whenever no full batch is waiting, so both give the same batches.
 pub struct BatchStream {
-    rx: Option<Receiver<Msg>>,
+    source: Source,
     spare: Sender<Batch>,
-    handle: Option<JoinHandle<()>>,
     skipped: u64,
     done: bool,
+}
+
+enum Source {
+    Thread { rx: Option<Receiver<Msg>>, handle: Option<JoinHandle<()>> },
+    Caller(Box<InlineShuffler>),
 }
 
 /// Where a consumer returns batches for reuse.
@@ -346,51 +370,41 @@ impl BatchRecycler {
     }
 }
 
+/// A spare batch from the pool, or a new one.
+fn fresh_batch(spares: &Receiver<Batch>, rows: usize, d: usize) -> Batch {
+    spares.try_recv().unwrap_or_else(|_| Batch::with_capacity(rows, d))
+}
+
 impl BatchStream {
     /// Starts the shuffler over `blocks` with a buffer of `capacity` rows (0: keep order),
     /// emitting batches of `batch_rows` rows of `d` features.
     pub fn start(
-        mut blocks: BlockStream,
+        blocks: BlockStream,
         d: usize,
         capacity: usize,
         batch_rows: usize,
         seed: u64,
         epoch: u64,
+        on: ShuffleOn,
     ) -> Result<BatchStream> {
-        let (tx, rx) = bounded(BATCH_QUEUE);
         let (spare, spares) = bounded::<Batch>(BATCH_QUEUE + 2);
-        let handle = std::thread::Builder::new()
-            .name("slope-shuffle".into())
-            .spawn(move || {
-                let mut buffer = ShuffleBuffer::new(d, capacity, seed, epoch);
-                let fresh =
-                    || spares.try_recv().unwrap_or_else(|_| Batch::with_capacity(batch_rows, d));
-                let emit = |batch: Batch| match tx.send(Msg::Batch(batch)) {
-                    Ok(()) => Ok(fresh()),
-                    Err(_) => Err(None),
-                };
-                let mut writer = BatchWriter::new(fresh(), batch_rows, emit);
-                let mut skipped = 0u64;
-                let recycle = blocks.recycler();
-                let run = (|| -> Result<(), Option<Error>> {
-                    for block in &mut blocks {
-                        let block = block.map_err(Some)?;
-                        skipped += block.skipped as u64;
-                        buffer.push_rows(&block.x, &block.y, &mut writer)?;
-                        recycle.give(block);
-                    }
-                    buffer.drain(&mut writer)?;
-                    writer.finish()
-                })();
-                let last = match run {
-                    Ok(()) => Msg::End { skipped },
-                    Err(Some(e)) => Msg::Failed(e),
-                    Err(None) => return,
-                };
-                let _ = tx.send(last);
-            })
-            .map_err(|e| Error::io("thread", "spawn the shuffle thread", e))?;
-        Ok(BatchStream { rx: Some(rx), spare, handle: Some(handle), skipped: 0, done: false })
+        let buffer = ShuffleBuffer::new(d, capacity, seed, epoch);
+        let source = match on {
+            ShuffleOn::OwnThread => spawn_shuffler(blocks, buffer, spares, d, batch_rows)?,
+            ShuffleOn::Caller => Source::Caller(Box::new(InlineShuffler {
+                recycle: blocks.recycler(),
+                blocks,
+                buffer,
+                spares,
+                filling: None,
+                ready: std::collections::VecDeque::new(),
+                batch_rows,
+                d,
+                skipped: 0,
+                ended: false,
+            })),
+        };
+        Ok(BatchStream { source, spare, skipped: 0, done: false })
     }
 
     /// Where consumed batches go back for reuse.
@@ -404,6 +418,101 @@ impl BatchStream {
     }
 }
 
+fn spawn_shuffler(
+    mut blocks: BlockStream,
+    mut buffer: ShuffleBuffer,
+    spares: Receiver<Batch>,
+    d: usize,
+    batch_rows: usize,
+) -> Result<Source> {
+    let (tx, rx) = bounded(BATCH_QUEUE);
+    let handle = std::thread::Builder::new()
+        .name("slope-shuffle".into())
+        .spawn(move || {
+            let emit = |batch: Batch| match tx.send(Msg::Batch(batch)) {
+                Ok(()) => Ok(fresh_batch(&spares, batch_rows, d)),
+                Err(_) => Err(None),
+            };
+            let mut writer =
+                BatchWriter::new(fresh_batch(&spares, batch_rows, d), batch_rows, emit);
+            let mut skipped = 0u64;
+            let recycle = blocks.recycler();
+            let run = (|| -> Result<(), Option<Error>> {
+                for block in &mut blocks {
+                    let block = block.map_err(Some)?;
+                    skipped += block.skipped as u64;
+                    buffer.push_rows(&block.x, &block.y, &mut writer)?;
+                    recycle.give(block);
+                }
+                buffer.drain(&mut writer)?;
+                writer.finish()
+            })();
+            let last = match run {
+                Ok(()) => Msg::End { skipped },
+                Err(Some(e)) => Msg::Failed(e),
+                Err(None) => return,
+            };
+            let _ = tx.send(last);
+        })
+        .map_err(|e| Error::io("thread", "spawn the shuffle thread", e))?;
+    Ok(Source::Thread { rx: Some(rx), handle: Some(handle) })
+}
+
+/// The shuffler run by the consumer's own thread, one block per call when no batch is ready.
+struct InlineShuffler {
+    blocks: BlockStream,
+    recycle: crate::reader::Pool,
+    buffer: ShuffleBuffer,
+    spares: Receiver<Batch>,
+    /// The batch being filled, carried from one block to the next.
+    filling: Option<Batch>,
+    /// Full batches not yet handed out (at most a block's worth).
+    ready: std::collections::VecDeque<Batch>,
+    batch_rows: usize,
+    d: usize,
+    skipped: u64,
+    ended: bool,
+}
+
+impl InlineShuffler {
+    fn next(&mut self) -> Option<Result<Batch>> {
+        loop {
+            if let Some(batch) = self.ready.pop_front() {
+                return Some(Ok(batch));
+            }
+            if self.ended {
+                return None;
+            }
+            let (rows, d) = (self.batch_rows, self.d);
+            let spares = &self.spares;
+            let batch = self.filling.take().unwrap_or_else(|| fresh_batch(spares, rows, d));
+            let ready = &mut self.ready;
+            let emit = |full: Batch| {
+                ready.push_back(full);
+                Ok::<_, std::convert::Infallible>(fresh_batch(spares, rows, d))
+            };
+            let mut writer = BatchWriter::new(batch, rows, emit);
+            match self.blocks.next() {
+                Some(Ok(block)) => {
+                    self.skipped += block.skipped as u64;
+                    let Ok(()) = self.buffer.push_rows(&block.x, &block.y, &mut writer);
+                    self.filling = Some(writer.into_batch());
+                    self.recycle.give(block);
+                }
+                Some(Err(e)) => {
+                    self.ended = true;
+                    return Some(Err(e));
+                }
+                None => {
+                    let Ok(()) = self.buffer.drain(&mut writer);
+                    let Ok(()) = writer.finish();
+                    self.ended = true;
+                }
+            }
+        }
+    }
+}
+
 impl Iterator for BatchStream {
     type Item = Result<Batch>;
 
@@ -411,8 +520,22 @@ impl Iterator for BatchStream {
         if self.done {
             return None;
         }
-        let msg = self.rx.as_ref()?.recv();
-        match msg {
+        let rx = match &mut self.source {
+            Source::Caller(inline) => {
+                let next = inline.next();
+                match &next {
+                    None => {
+                        self.skipped = inline.skipped;
+                        self.done = true;
+                    }
+                    Some(Err(_)) => self.done = true,
+                    Some(Ok(_)) => {}
+                }
+                return next;
+            }
+            Source::Thread { rx, .. } => rx.as_ref()?,
+        };
+        match rx.recv() {
             Ok(Msg::Batch(batch)) => return Some(Ok(batch)),
             Ok(Msg::End { skipped }) => self.skipped = skipped,
             Ok(Msg::Failed(e)) => {
@@ -431,11 +554,23 @@ impl Iterator for BatchStream {
 
 impl Drop for BatchStream {
     fn drop(&mut self) {
-        self.rx = None;
-        if let Some(handle) = self.handle.take() {
-            let _ = handle.join();
+        if let Source::Thread { rx, handle } = &mut self.source {
+            *rx = None;
+            if let Some(handle) = handle.take() {
+                let _ = handle.join();
+            }
         }
     }
+}
+
+/// A message from the shuffler thread to the trainer.
+enum Msg {
+    Batch(Batch),
+    /// The epoch's rows are all sent; `skipped` rows were dropped as invalid.
+    End {
+        skipped: u64,
+    },
+    Failed(Error),
 }
 
 #[cfg(test)]

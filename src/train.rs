@@ -33,7 +33,7 @@ use crate::reader::{BlockStream, DEFAULT_BLOCK_ROWS, ReadOptions};
 use crate::reduce::{self, LocalReducer, NormalSums, Reducer, Scratch};
 use crate::schedule::Schedule;
 use crate::shuffle::BATCH_QUEUE;
-use crate::shuffle::{Batch, BatchStream, ShuffleBuffer, epoch_order};
+use crate::shuffle::{Batch, BatchStream, ShuffleBuffer, ShuffleOn, epoch_order};
 use crate::solve::solve_normal;
 use crate::stats::{self, Standardization};
 
@@ -870,6 +870,7 @@ impl Trainer<'_> {
             batch_rows,
             config.seed,
             epoch as u64,
+            ShuffleOn::for_threads(config.threads),
         )?;
         let recycle = batches.recycler();
         let replay = self.p.batches_done;

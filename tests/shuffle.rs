@@ -1,5 +1,6 @@
-//! The shuffler, through the real pipeline (Parquet shards, decode workers, shuffle thread):
-//! every row exactly once per epoch, whatever the layout of shards and row groups.
+//! The shuffler, through the real pipeline (Parquet shards, decode workers, shuffle thread or
+//! the caller's thread): every row exactly once per epoch, whatever the layout of shards and row
+//! groups, and the same batches wherever the shuffler runs.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use parquet::file::properties::WriterProperties;
 use proptest::prelude::*;
 use slope::dataset::{ColumnPlan, ColumnSelection, Dataset, IoMode};
 use slope::reader::{BlockStream, ReadOptions};
-use slope::shuffle::{BatchStream, epoch_order};
+use slope::shuffle::{BatchStream, ShuffleOn, epoch_order};
 
 /// Writes shards whose row groups have the given sizes; column `id` numbers the rows globally
 /// and `y` repeats it.
@@ -39,7 +40,35 @@ fn write_layout(dir: &Path, layout: &[Vec<usize>]) -> usize {
     next
 }
 
-/// The ids of one epoch, in the order the trainer would see them.
+/// The ids of one epoch, in the order the trainer would see them, batch by batch.
+fn epoch_batches(
+    dir: &Path,
+    seed: u64,
+    epoch: u64,
+    buffer: usize,
+    batch: usize,
+    workers: usize,
+    on: ShuffleOn,
+) -> Vec<Vec<f32>> {
+    let dataset = Arc::new(Dataset::open(&[dir.to_str().unwrap()], IoMode::Mmap).unwrap());
+    let selection = ColumnSelection { target: Some("y".into()), ..Default::default() };
+    let plan = Arc::new(ColumnPlan::resolve(&dataset, &selection).unwrap());
+    let order = epoch_order(&dataset.units(), seed, epoch, true);
+    let options = ReadOptions { workers, block_rows: 64, ..ReadOptions::default() };
+    let blocks = BlockStream::start(Arc::clone(&dataset), plan, order, &options).unwrap();
+    let stream = BatchStream::start(blocks, 1, buffer, batch, seed, epoch, on).unwrap();
+    let mut batches = Vec::new();
+    for b in stream {
+        let b = b.unwrap();
+        assert!(b.rows <= batch);
+        assert_eq!(b.x(), b.y(), "features and target of a row travel together");
+        batches.push(b.x().to_vec());
+    }
+    batches
+}
+
+/// The ids of one epoch in order, after checking that the shuffler gives the same batches on
+/// its own thread and on the caller's.
 fn epoch_ids(
     dir: &Path,
     seed: u64,
@@ -48,21 +77,10 @@ fn epoch_ids(
     batch: usize,
     workers: usize,
 ) -> Vec<f32> {
-    let dataset = Arc::new(Dataset::open(&[dir.to_str().unwrap()], IoMode::Mmap).unwrap());
-    let selection = ColumnSelection { target: Some("y".into()), ..Default::default() };
-    let plan = Arc::new(ColumnPlan::resolve(&dataset, &selection).unwrap());
-    let order = epoch_order(&dataset.units(), seed, epoch, true);
-    let options = ReadOptions { workers, block_rows: 64, ..ReadOptions::default() };
-    let blocks = BlockStream::start(Arc::clone(&dataset), plan, order, &options).unwrap();
-    let stream = BatchStream::start(blocks, 1, buffer, batch, seed, epoch).unwrap();
-    let mut ids = Vec::new();
-    for b in stream {
-        let b = b.unwrap();
-        assert!(b.rows <= batch);
-        assert_eq!(b.x(), b.y(), "features and target of a row travel together");
-        ids.extend_from_slice(b.x());
-    }
-    ids
+    let own = epoch_batches(dir, seed, epoch, buffer, batch, workers, ShuffleOn::OwnThread);
+    let caller = epoch_batches(dir, seed, epoch, buffer, batch, workers, ShuffleOn::Caller);
+    assert_eq!(own, caller, "the same batches wherever the shuffler runs");
+    own.concat()
 }
 
 proptest! {
