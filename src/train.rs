@@ -935,31 +935,16 @@ impl Trainer<'_> {
 
     /// Per-row stochastic gradient descent over the rows of `batch`, in order.
     fn sgd_rows(&mut self, batch: &Batch) {
-        let d = self.plan.d;
-        let schedule = self.config.schedule;
-        let l2 = self.config.l2;
         let p = &mut self.p;
-        let mut loss = 0.0;
-        let mut eta = 0.0;
-        for (row, &y) in batch.x().chunks_exact(d).zip(batch.y()) {
-            let pred = p.b + kernel::dot_f64(&p.w, row);
-            let r = pred - f64::from(y);
-            eta = schedule.eta(p.updates);
-            let step = 2.0 * eta * r;
-            if l2 > 0.0 {
-                let shrink = 1.0 - 2.0 * eta * l2;
-                for (w, &x) in p.w.iter_mut().zip(row) {
-                    *w = *w * shrink - step * f64::from(x);
-                }
-            } else {
-                for (w, &x) in p.w.iter_mut().zip(row) {
-                    *w -= step * f64::from(x);
-                }
-            }
-            p.b -= step;
-            p.updates += 1;
-            loss += r * r;
-        }
+        let (loss, eta) = kernel::sgd_rows(
+            batch.x(),
+            batch.y(),
+            &mut p.w,
+            &mut p.b,
+            &mut p.updates,
+            &self.config.schedule,
+            self.config.l2,
+        );
         p.epoch_loss_sum += loss;
         p.epoch_eta = eta;
     }
