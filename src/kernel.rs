@@ -281,84 +281,66 @@ fn add_tile<const TI: usize, const TJ: usize>(
     }
 }
 
-/// The AVX-512 build: tiles of 8 × 16 cells, held in 16 registers of 8 doubles, which is enough
-/// independent sums to keep both floating-point adders busy. Each row contributes the product
-/// of 8 broadcast values with two 8-wide loads.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn gram_pass_avx512(z: &[f64], stride: usize, m: usize, g: &mut [f64]) {
-    use std::arch::x86_64::{
-        __m512d, _mm512_add_pd, _mm512_loadu_pd, _mm512_mul_pd, _mm512_set1_pd, _mm512_setzero_pd,
-        _mm512_storeu_pd,
-    };
-    const TI: usize = 8;
-    const TJ: usize = 16;
-    for i0 in (0..m).step_by(TI) {
-        for j0 in column_tiles(i0, TJ, m) {
-            let mut lo: [__m512d; TI] = [_mm512_setzero_pd(); TI];
-            let mut hi: [__m512d; TI] = [_mm512_setzero_pd(); TI];
-            for zr in z.chunks_exact(stride) {
-                let a: &[f64; TI] = zr[i0..i0 + TI].try_into().expect("a whole tile");
-                let b: &[f64; TJ] = zr[j0..j0 + TJ].try_into().expect("a whole tile");
-                // SAFETY: `b` holds 16 doubles, so both 8-wide unaligned loads are in bounds.
-                let (b0, b1) =
-                    unsafe { (_mm512_loadu_pd(b.as_ptr()), _mm512_loadu_pd(b.as_ptr().add(8))) };
-                for k in 0..TI {
-                    let ak = _mm512_set1_pd(a[k]);
-                    lo[k] = _mm512_add_pd(lo[k], _mm512_mul_pd(ak, b0));
-                    hi[k] = _mm512_add_pd(hi[k], _mm512_mul_pd(ak, b1));
+/// Defines a vector build of the Gram pass: tiles of `lanes` rows × `2 × lanes` columns, held
+/// in `2 × lanes` registers of `lanes` doubles. Each row contributes the product of `lanes`
+/// broadcast values with two vector loads; the cells are then stored and added to `g` exactly
+/// as the portable build adds them.
+macro_rules! gram_pass_simd {
+    (
+        $(#[$doc:meta])*
+        fn $name:ident, feature $feature:literal, $vector:ident of $lanes:literal,
+        $zero:ident, $load:ident, $splat:ident, $add:ident, $mul:ident, $store:ident
+    ) => {
+        $(#[$doc])*
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $feature)]
+        fn $name(z: &[f64], stride: usize, m: usize, g: &mut [f64]) {
+            use std::arch::x86_64::{$add, $load, $mul, $splat, $store, $vector, $zero};
+            const TI: usize = $lanes;
+            const TJ: usize = 2 * $lanes;
+            for i0 in (0..m).step_by(TI) {
+                for j0 in column_tiles(i0, TJ, m) {
+                    let mut lo: [$vector; TI] = [$zero(); TI];
+                    let mut hi: [$vector; TI] = [$zero(); TI];
+                    for zr in z.chunks_exact(stride) {
+                        let a: &[f64; TI] = zr[i0..i0 + TI].try_into().expect("a whole tile");
+                        let b: &[f64; TJ] = zr[j0..j0 + TJ].try_into().expect("a whole tile");
+                        // SAFETY: `b` holds `2 × lanes` doubles, so both loads are in bounds.
+                        let (b0, b1) = unsafe { ($load(b.as_ptr()), $load(b.as_ptr().add(TI))) };
+                        for k in 0..TI {
+                            let ak = $splat(a[k]);
+                            lo[k] = $add(lo[k], $mul(ak, b0));
+                            hi[k] = $add(hi[k], $mul(ak, b1));
+                        }
+                    }
+                    let mut acc = [[0.0f64; TJ]; TI];
+                    for (cells, (l, h)) in acc.iter_mut().zip(lo.iter().zip(&hi)) {
+                        // SAFETY: `cells` holds `2 × lanes` doubles, room for both stores.
+                        unsafe {
+                            $store(cells.as_mut_ptr(), *l);
+                            $store(cells.as_mut_ptr().add(TI), *h);
+                        }
+                    }
+                    add_tile(&acc, i0, j0, m, g);
                 }
             }
-            let mut acc = [[0.0f64; TJ]; TI];
-            for (cells, (l, h)) in acc.iter_mut().zip(lo.iter().zip(&hi)) {
-                // SAFETY: `cells` holds 16 doubles, room for both 8-wide stores.
-                unsafe {
-                    _mm512_storeu_pd(cells.as_mut_ptr(), *l);
-                    _mm512_storeu_pd(cells.as_mut_ptr().add(8), *h);
-                }
-            }
-            add_tile(&acc, i0, j0, m, g);
         }
-    }
+    };
 }
 
-/// The AVX2 build: tiles of 4 × 8 cells in 8 registers of 4 doubles, half the register file.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn gram_pass_avx2(z: &[f64], stride: usize, m: usize, g: &mut [f64]) {
-    use std::arch::x86_64::{
-        __m256d, _mm256_add_pd, _mm256_loadu_pd, _mm256_mul_pd, _mm256_set1_pd, _mm256_setzero_pd,
-        _mm256_storeu_pd,
-    };
-    const TI: usize = 4;
-    const TJ: usize = 8;
-    for i0 in (0..m).step_by(TI) {
-        for j0 in column_tiles(i0, TJ, m) {
-            let mut lo: [__m256d; TI] = [_mm256_setzero_pd(); TI];
-            let mut hi: [__m256d; TI] = [_mm256_setzero_pd(); TI];
-            for zr in z.chunks_exact(stride) {
-                let a: &[f64; TI] = zr[i0..i0 + TI].try_into().expect("a whole tile");
-                let b: &[f64; TJ] = zr[j0..j0 + TJ].try_into().expect("a whole tile");
-                // SAFETY: `b` holds 8 doubles, so both 4-wide unaligned loads are in bounds.
-                let (b0, b1) =
-                    unsafe { (_mm256_loadu_pd(b.as_ptr()), _mm256_loadu_pd(b.as_ptr().add(4))) };
-                for k in 0..TI {
-                    let ak = _mm256_set1_pd(a[k]);
-                    lo[k] = _mm256_add_pd(lo[k], _mm256_mul_pd(ak, b0));
-                    hi[k] = _mm256_add_pd(hi[k], _mm256_mul_pd(ak, b1));
-                }
-            }
-            let mut acc = [[0.0f64; TJ]; TI];
-            for (cells, (l, h)) in acc.iter_mut().zip(lo.iter().zip(&hi)) {
-                // SAFETY: `cells` holds 8 doubles, room for both 4-wide stores.
-                unsafe {
-                    _mm256_storeu_pd(cells.as_mut_ptr(), *l);
-                    _mm256_storeu_pd(cells.as_mut_ptr().add(4), *h);
-                }
-            }
-            add_tile(&acc, i0, j0, m, g);
-        }
-    }
+gram_pass_simd! {
+    /// The AVX-512 build: 8 × 16 cells in 16 registers, enough independent sums to keep both
+    /// floating-point adders busy.
+    fn gram_pass_avx512, feature "avx512f", __m512d of 8,
+    _mm512_setzero_pd, _mm512_loadu_pd, _mm512_set1_pd, _mm512_add_pd, _mm512_mul_pd,
+    _mm512_storeu_pd
+}
+
+gram_pass_simd! {
+    /// The AVX2 build: 4 × 8 cells in 8 registers, half the register file.
+    fn gram_pass_avx2, feature "avx2", __m256d of 4,
+    _mm256_setzero_pd, _mm256_loadu_pd, _mm256_set1_pd, _mm256_add_pd, _mm256_mul_pd,
+    _mm256_storeu_pd
 }
 
 /// One pass of the Gram kernel with the widest build this CPU runs.

@@ -240,6 +240,11 @@ impl ShuffleBuffer {
         self.ahead.pop_front().unwrap_or(0)
     }
 
+    /// Whether no row is left in the buffer.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     /// Bytes the buffer holds, for the start-up memory bound.
     pub fn bytes(d: usize, capacity: usize) -> u64 {
         (capacity * (d + 1) * 4) as u64
@@ -282,9 +287,19 @@ impl ShuffleBuffer {
     where
         F: FnMut(Batch) -> Result<Batch, E>,
     {
+        self.drain_up_to(usize::MAX, out)
+    }
+
+    /// Moves up to `rows` rows, drawn at random, from the buffer into `out`; draining in pieces
+    /// gives the same rows in the same order as draining at once.
+    pub fn drain_up_to<E, F>(&mut self, rows: usize, out: &mut BatchWriter<F>) -> Result<(), E>
+    where
+        F: FnMut(Batch) -> Result<Batch, E>,
+    {
         let d = self.d;
         let stride = d + 1;
-        while self.len > 0 {
+        let stop = self.len.saturating_sub(rows);
+        while self.len > stop {
             let j = self.rng.below(self.len as u64) as usize;
             let last = self.len - 1;
             let slots = self.slots.floats_mut();
@@ -401,6 +416,7 @@ impl BatchStream {
                 batch_rows,
                 d,
                 skipped: 0,
+                draining: false,
                 ended: false,
             })),
         };
@@ -471,6 +487,8 @@ struct InlineShuffler {
     batch_rows: usize,
     d: usize,
     skipped: u64,
+    /// The blocks are all read; the buffer is draining, a batch at a time.
+    draining: bool,
     ended: bool,
 }
 
@@ -492,6 +510,18 @@ impl InlineShuffler {
                 Ok::<_, std::convert::Infallible>(fresh_batch(spares, rows, d))
             };
             let mut writer = BatchWriter::new(batch, rows, emit);
+            if self.draining {
+                // One batch's worth at a time, so that the drain never holds the whole buffer
+                // again as batches.
+                let Ok(()) = self.buffer.drain_up_to(rows, &mut writer);
+                if self.buffer.is_empty() {
+                    let Ok(()) = writer.finish();
+                    self.ended = true;
+                } else {
+                    self.filling = Some(writer.into_batch());
+                }
+                continue;
+            }
             match self.blocks.next() {
                 Some(Ok(block)) => {
                     self.skipped += block.skipped as u64;
@@ -504,9 +534,8 @@ impl InlineShuffler {
                     return Some(Err(e));
                 }
                 None => {
-                    let Ok(()) = self.buffer.drain(&mut writer);
-                    let Ok(()) = writer.finish();
-                    self.ended = true;
+                    self.draining = true;
+                    self.filling = Some(writer.into_batch());
                 }
             }
         }

@@ -269,7 +269,10 @@ impl TrainConfig {
             Algorithm::Sgd => SGD_TRANSFER_ROWS,
             _ => 0,
         };
-        let batches = ((BATCH_QUEUE + 3) * batch_rows * (d + 1) * 4) as u64;
+        // The shuffler's queue, the batches around it, and (when it runs on the trainer's
+        // thread) the batches cut from one block at a time.
+        let batch_count = BATCH_QUEUE + 3 + self.block_rows.div_ceil(batch_rows.max(1));
+        let batches = (batch_count * batch_rows * (d + 1) * 4) as u64;
         let blocks = self.read_options(None, Part::Train).bytes_in_flight(plan);
         // The normal equations keep one (d+2)² partial per chunk of a block.
         let normal = match self.algorithm {
