@@ -92,7 +92,8 @@ pub struct TrainArgs {
     #[arg(long)]
     seed: Option<u64>,
     /// Shuffle-buffer capacity in rows (memory: ROWS × (features + 1) × 4 bytes)
-    /// [default: 131072].
+    /// [default: 131072]. Smaller is faster and mixes rows over a shorter span; 0 keeps only
+    /// the shuffled row-group order.
     #[arg(long, value_name = "ROWS")]
     shuffle_buffer: Option<usize>,
     /// Keep file order: no row-group permutation and no shuffle buffer.
