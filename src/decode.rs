@@ -80,6 +80,9 @@ pub struct Block {
     pub skipped: usize,
     /// The kept columns (`predict --keep`), filtered like the rows.
     pub passthrough: Option<RecordBatch>,
+    /// Partial sums over the block's rows, computed by the decode worker when its stream was
+    /// given a [`crate::reader::BlockSums`]; empty otherwise.
+    pub sums: Vec<f64>,
 }
 
 /// Converts record batches of one shard into blocks.

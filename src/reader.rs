@@ -58,6 +58,30 @@ pub struct ReadOptions {
     pub transform: Option<Arc<Affine>>,
     /// Keep only the training or only the validation rows of a hashed split.
     pub split: Option<Split>,
+    /// Partial sums each worker computes on every block it decodes, before sending it.
+    pub sums: Option<BlockSums>,
+}
+
+/// A function of a block's rows that a decode worker computes before it sends the block, into
+/// [`Block::sums`]: the per-block part of a full pass (the gradient at fixed weights, the
+/// normal-equation sums). The rows are then still in the worker's cache, and on a machine with as
+/// many cores as workers no second set of threads competes with decoding. The consumer adds the
+/// parts in block order, so results stay independent of which worker computed what.
+#[derive(Clone)]
+pub struct BlockSums(Arc<SumsFn>);
+
+type SumsFn = dyn Fn(&Block, &mut Vec<f64>) + Send + Sync;
+
+impl BlockSums {
+    pub fn new(f: impl Fn(&Block, &mut Vec<f64>) + Send + Sync + 'static) -> BlockSums {
+        BlockSums(Arc::new(f))
+    }
+}
+
+impl std::fmt::Debug for BlockSums {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BlockSums")
+    }
 }
 
 impl Default for ReadOptions {
@@ -68,6 +92,7 @@ impl Default for ReadOptions {
             on_invalid: OnInvalid::Error,
             transform: None,
             split: None,
+            sums: None,
         }
     }
 }
@@ -269,6 +294,11 @@ impl Worker {
             block.seq = seq;
             decoder.decode(&batch, first_row, &mut block)?;
             first_row += batch.num_rows();
+            if let Some(BlockSums(sums)) = &self.options.sums {
+                let mut out = std::mem::take(&mut block.sums);
+                sums(&block, &mut out);
+                block.sums = out;
+            }
             if self.tx.send(Msg::Block(block)).is_err() {
                 return Ok(false);
             }

@@ -29,7 +29,7 @@ use crate::decode::{OnInvalid, Part, Split};
 use crate::error::{Error, Result};
 use crate::kernel;
 use crate::model::LineageEntry;
-use crate::reader::{BlockStream, DEFAULT_BLOCK_ROWS, ReadOptions};
+use crate::reader::{BlockStream, BlockSums, DEFAULT_BLOCK_ROWS, ReadOptions};
 use crate::reduce::{self, LocalReducer, NormalSums, Reducer, Scratch};
 use crate::schedule::Schedule;
 use crate::shuffle::BATCH_QUEUE;
@@ -251,6 +251,7 @@ impl TrainConfig {
             on_invalid: self.on_invalid,
             transform: standardization.map(|s| Arc::new(s.affine())),
             split,
+            sums: None,
         }
     }
 
@@ -274,10 +275,14 @@ impl TrainConfig {
         let batch_count = BATCH_QUEUE + 3 + self.block_rows.div_ceil(batch_rows.max(1));
         let batches = (batch_count * batch_rows * (d + 1) * 4) as u64;
         let blocks = self.read_options(None, Part::Train).bytes_in_flight(plan);
-        // The normal equations keep one (d+2)² partial per chunk of a block.
+        // For the normal equations each worker keeps one (d+2)² partial per chunk of the block
+        // it sums, and every block in flight carries its (d+2)² sums.
         let normal = match self.algorithm {
             Algorithm::Normal => {
-                (self.block_rows.div_ceil(reduce::CHUNK_ROWS) * (d + 2) * (d + 2) * 8) as u64
+                let read = self.read_options(None, Part::Train);
+                let per_worker =
+                    self.block_rows.div_ceil(reduce::CHUNK_ROWS) + read.queue_blocks(plan) + 2;
+                (self.threads * per_worker * (d + 2) * (d + 2) * 8) as u64
             }
             _ => 0,
         };
@@ -311,6 +316,13 @@ pub struct MemoryBound {
 impl MemoryBound {
     pub fn total(&self) -> u64 {
         self.shuffle + self.batches + self.decode + self.io + self.base
+    }
+}
+
+/// Adds `part` to `total`, element by element.
+fn add_to(total: &mut [f64], part: &[f64]) {
+    for (t, p) in total.iter_mut().zip(part) {
+        *t += p;
     }
 }
 
@@ -821,8 +833,10 @@ impl Trainer<'_> {
     /// pass is abandoned and the checkpoint records the state at its start.
     fn batch_epoch(&mut self, _epoch: usize) -> Result<EpochSums> {
         let d = self.plan.d;
-        let stream = self.stream(self.units.clone(), &self.read)?;
-        let (mut total, skipped) = self.pass_sums(stream, true)?;
+        let (dataset, plan, read) =
+            (Arc::clone(&self.dataset), Arc::clone(&self.plan), self.read.clone());
+        let (mut total, skipped) =
+            self.pass_sums(&dataset, &plan, self.units.clone(), &read, true)?;
         self.reducer.all_reduce_sum(&mut total)?;
 
         let n = total[d + 2];
@@ -958,12 +972,19 @@ impl Trainer<'_> {
         let d = self.plan.d;
         let started = Instant::now();
         self.observer.pass_started("normal equations", self.dataset.rows());
-        let mut sums = NormalSums::new(d);
-        let mut stream = self.stream(self.units.clone(), &self.read)?;
+        // Each decode worker sums the blocks it decodes; the blocks' sums are added in order.
+        let block_sums = BlockSums::new(move |block, out| {
+            let mut sums = NormalSums::new(d);
+            sums.add_rows(None, &block.x, &block.y);
+            *out = sums.to_buffer();
+        });
+        let read = ReadOptions { sums: Some(block_sums), ..self.read.clone() };
+        let mut total = NormalSums::new(d).to_buffer();
+        let mut stream = self.stream(self.units.clone(), &read)?;
         let recycle = stream.recycler();
         for block in &mut stream {
             let block = block?;
-            sums.add_rows(self.pool(), &block.x, &block.y);
+            add_to(&mut total, &block.sums);
             self.p.rows_skipped += block.skipped as u64;
             self.observer.rows_done((block.rows + block.skipped) as u64);
             recycle.give(block);
@@ -972,9 +993,8 @@ impl Trainer<'_> {
             }
         }
         drop(stream);
-        let mut buf = sums.to_buffer();
-        self.reducer.all_reduce_sum(&mut buf)?;
-        let sums = NormalSums::from_buffer(d, &buf);
+        self.reducer.all_reduce_sum(&mut total)?;
+        let sums = NormalSums::from_buffer(d, &total);
         if sums.rows == 0 {
             return Err(Error::NoRows { input: self.dataset.describe(), purpose: "train on" });
         }
@@ -1004,8 +1024,7 @@ impl Trainer<'_> {
     /// MSE of the current weights on the validation rows, if there are any.
     fn validation_loss(&mut self) -> Result<Option<f64>> {
         let Some((dataset, plan, read)) = self.validation.clone() else { return Ok(None) };
-        let stream = BlockStream::start(Arc::clone(&dataset), plan, dataset.units(), &read)?;
-        let (total, _) = self.pass_sums(stream, false)?;
+        let (total, _) = self.pass_sums(&dataset, &plan, dataset.units(), &read, false)?;
         let d = self.plan.d;
         let mut sums = [total[d + 1], total[d + 2]];
         self.reducer.all_reduce_sum(&mut sums)?;
@@ -1015,25 +1034,34 @@ impl Trainer<'_> {
         Ok(Some(sums[0] / sums[1]))
     }
 
-    /// Sums `[Σ r x (d values), Σ r, Σ r², rows]` over every block of `stream` at the current
-    /// weights, blocks in order, and counts the rows skipped as invalid. A training pass
-    /// (`training`) reports progress and honours cancellation between blocks.
-    fn pass_sums(&mut self, mut stream: BlockStream, training: bool) -> Result<(Vec<f64>, u64)> {
+    /// Sums `[Σ r x (d values), Σ r, Σ r², rows]` over every block of `units` at the current
+    /// weights, blocks in order, and counts the rows skipped as invalid. The decode workers
+    /// compute each block's sums; a training pass (`training`) reports progress and honours
+    /// cancellation between blocks.
+    fn pass_sums(
+        &mut self,
+        dataset: &Arc<Dataset>,
+        plan: &Arc<ColumnPlan>,
+        units: Vec<Unit>,
+        read: &ReadOptions,
+        training: bool,
+    ) -> Result<(Vec<f64>, u64)> {
         let d = self.plan.d;
-        let w32: Vec<f32> = self.p.w.iter().map(|&w| w as f32).collect();
+        let w32: Arc<[f32]> = self.p.w.iter().map(|&w| w as f32).collect();
         let b32 = self.p.b as f32;
+        let block_sums = BlockSums::new(move |block, out| {
+            out.resize(d + 2, 0.0);
+            let mut scratch = Scratch::default();
+            reduce::gradient_sums(None, &block.x, &block.y, &w32, b32, &mut scratch, out);
+        });
+        let read = ReadOptions { sums: Some(block_sums), ..read.clone() };
+        let mut stream = BlockStream::start(Arc::clone(dataset), Arc::clone(plan), units, &read)?;
         let mut total = vec![0.0f64; d + 3];
-        let mut part = vec![0.0f64; d + 2];
-        let mut scratch = Scratch::default();
         let mut skipped = 0u64;
         let recycle = stream.recycler();
         for block in &mut stream {
             let block = block?;
-            let (x, y) = (&block.x, &block.y);
-            reduce::gradient_sums(self.pool(), x, y, &w32, b32, &mut scratch, &mut part);
-            for (t, p) in total.iter_mut().zip(&part) {
-                *t += p;
-            }
+            add_to(&mut total[..d + 2], &block.sums);
             total[d + 2] += block.rows as f64;
             skipped += block.skipped as u64;
             let seen = (block.rows + block.skipped) as u64;

@@ -132,6 +132,7 @@ impl ReadArgs {
             on_invalid: self.on_invalid(),
             transform: None,
             split: None,
+            sums: None,
         })
     }
 }
