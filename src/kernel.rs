@@ -97,6 +97,14 @@ pub fn dot_f64(w: &[f64], x: &[f32]) -> f64 {
     (acc[0] + acc[2]) + (acc[1] + acc[3]) + tail
 }
 
+/// What per-row stochastic gradient descent advances: the weights, the bias and the number of
+/// updates so far.
+pub struct SgdState<'a> {
+    pub w: &'a mut [f64],
+    pub b: &'a mut f64,
+    pub updates: &'a mut u64,
+}
+
 /// Per-row stochastic gradient descent over the rows of `x` (`rows × d`, `d = w.len()`), in
 /// order: for each row, `r = b + w·x − y`, then `w ← w·(1 − 2·eta·l2) − 2·eta·r·x` and
 /// `b ← b − 2·eta·r`, with `eta = schedule.eta(updates)` and `updates` counting every row.
@@ -108,18 +116,16 @@ pub fn dot_f64(w: &[f64], x: &[f32]) -> f64 {
 pub fn sgd_rows(
     x: &[f32],
     y: &[f32],
-    w: &mut [f64],
-    b: &mut f64,
-    updates: &mut u64,
+    s: &mut SgdState,
     schedule: &Schedule,
     l2: f64,
 ) -> (f64, f64) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU supports AVX2, checked just above.
-        return unsafe { sgd_rows_avx2(x, y, w, b, updates, schedule, l2) };
+        return unsafe { sgd_rows_avx2(x, y, s, schedule, l2) };
     }
-    sgd_rows_generic(x, y, w, b, updates, schedule, l2)
+    sgd_rows_generic(x, y, s, schedule, l2)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -127,44 +133,40 @@ pub fn sgd_rows(
 fn sgd_rows_avx2(
     x: &[f32],
     y: &[f32],
-    w: &mut [f64],
-    b: &mut f64,
-    updates: &mut u64,
+    s: &mut SgdState,
     schedule: &Schedule,
     l2: f64,
 ) -> (f64, f64) {
-    sgd_rows_generic(x, y, w, b, updates, schedule, l2)
+    sgd_rows_generic(x, y, s, schedule, l2)
 }
 
 #[inline(always)]
 fn sgd_rows_generic(
     x: &[f32],
     y: &[f32],
-    w: &mut [f64],
-    b: &mut f64,
-    updates: &mut u64,
+    s: &mut SgdState,
     schedule: &Schedule,
     l2: f64,
 ) -> (f64, f64) {
-    let d = w.len();
+    let d = s.w.len();
     let mut loss = 0.0;
     let mut eta = 0.0;
     for (row, &target) in x.chunks_exact(d).zip(y) {
-        let r = *b + dot_f64(w, row) - f64::from(target);
-        eta = schedule.eta(*updates);
+        let r = *s.b + dot_f64(s.w, row) - f64::from(target);
+        eta = schedule.eta(*s.updates);
         let step = 2.0 * eta * r;
         if l2 > 0.0 {
             let shrink = 1.0 - 2.0 * eta * l2;
-            for (wi, &xi) in w.iter_mut().zip(row) {
+            for (wi, &xi) in s.w.iter_mut().zip(row) {
                 *wi = *wi * shrink - step * f64::from(xi);
             }
         } else {
-            for (wi, &xi) in w.iter_mut().zip(row) {
+            for (wi, &xi) in s.w.iter_mut().zip(row) {
                 *wi -= step * f64::from(xi);
             }
         }
-        *b -= step;
-        *updates += 1;
+        *s.b -= step;
+        *s.updates += 1;
         loss += r * r;
     }
     (loss, eta)
@@ -406,10 +408,11 @@ mod tests {
             let schedule = Schedule::InverseTime { t0: 1.0, t1: 4.0 * (d as f64 + 1.0) };
             let run = |generic: bool| {
                 let (mut w, mut b, mut t) = (vec![0.1; d], -0.2, 5u64);
+                let mut state = SgdState { w: &mut w, b: &mut b, updates: &mut t };
                 let (loss, eta) = if generic {
-                    sgd_rows_generic(&x, &y, &mut w, &mut b, &mut t, &schedule, l2)
+                    sgd_rows_generic(&x, &y, &mut state, &schedule, l2)
                 } else {
-                    sgd_rows(&x, &y, &mut w, &mut b, &mut t, &schedule, l2)
+                    sgd_rows(&x, &y, &mut state, &schedule, l2)
                 };
                 let bits: Vec<u64> =
                     w.iter().chain([&b, &loss, &eta]).map(|v| v.to_bits()).collect();

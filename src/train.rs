@@ -953,12 +953,11 @@ impl Trainer<'_> {
     /// Per-row stochastic gradient descent over the rows of `batch`, in order.
     fn sgd_rows(&mut self, batch: &Batch) {
         let p = &mut self.p;
+        let mut state = kernel::SgdState { w: &mut p.w, b: &mut p.b, updates: &mut p.updates };
         let (loss, eta) = kernel::sgd_rows(
             batch.x(),
             batch.y(),
-            &mut p.w,
-            &mut p.b,
-            &mut p.updates,
+            &mut state,
             &self.config.schedule,
             self.config.l2,
         );
