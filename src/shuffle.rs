@@ -180,8 +180,11 @@ enum SlotMemory {
 impl SlotMemory {
     fn zeroed(floats: usize) -> SlotMemory {
         let bytes = floats * size_of::<f32>();
+        if bytes == 0 {
+            return SlotMemory::Heap(Vec::new());
+        }
         match memmap2::MmapMut::map_anon(bytes) {
-            Ok(map) if bytes > 0 => {
+            Ok(map) => {
                 #[cfg(target_os = "linux")]
                 let _ = map.advise(memmap2::Advice::HugePage);
                 SlotMemory::Mapped(map)

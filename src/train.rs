@@ -274,12 +274,12 @@ impl TrainConfig {
         // thread) the batches cut from one block at a time.
         let batch_count = BATCH_QUEUE + 3 + self.block_rows.div_ceil(batch_rows.max(1));
         let batches = (batch_count * batch_rows * (d + 1) * 4) as u64;
-        let blocks = self.read_options(None, Part::Train).bytes_in_flight(plan);
+        let read = self.read_options(None, Part::Train);
+        let blocks = read.bytes_in_flight(plan);
         // For the normal equations each worker keeps one (d+2)² partial per chunk of the block
         // it sums, and every block in flight carries its (d+2)² sums.
         let normal = match self.algorithm {
             Algorithm::Normal => {
-                let read = self.read_options(None, Part::Train);
                 let per_worker =
                     self.block_rows.div_ceil(reduce::CHUNK_ROWS) + read.queue_blocks(plan) + 2;
                 (self.threads * per_worker * (d + 2) * (d + 2) * 8) as u64
