@@ -13,7 +13,8 @@
 //! chain that the compiler may not reorder (float addition is not associative), which keeps it
 //! scalar. The summation order is written out explicitly, so the AVX2 build of a kernel and the
 //! baseline build compute the same bits; fused multiply-add is deliberately not used, because
-//! it would change results between machines with and without it.
+//! it would change results between machines with and without it. (The Gram kernel is the one
+//! exception, and only because there it cannot: see `chunk_gram`.)
 
 use crate::schedule::Schedule;
 
@@ -205,7 +206,9 @@ fn column_tiles(i0: usize, tj: usize, m: usize) -> std::iter::StepBy<std::ops::R
 /// then added to `g`. (A rank-one update per row would stream the whole `m × m` matrix through
 /// the cache for every row.) Products of two `f32` values are exact in `f64`, so only the
 /// additions round, and every cell is summed over the rows in row order whatever the tile shape:
-/// the AVX-512, AVX2 and baseline builds give the same bits.
+/// the AVX-512, AVX2 and baseline builds give the same bits. For the same reason the vector
+/// builds may fuse each multiply and add: rounding an exact product plus a sum once is what the
+/// separate add does anyway.
 pub fn chunk_gram(x: &[f32], y: &[f32], d: usize, scratch: &mut Vec<f64>, g: &mut [f64]) {
     let m = d + 2;
     debug_assert_eq!(g.len(), m * m);
@@ -291,13 +294,13 @@ macro_rules! gram_pass_simd {
     (
         $(#[$doc:meta])*
         fn $name:ident, feature $feature:literal, $vector:ident of $lanes:literal,
-        $zero:ident, $load:ident, $splat:ident, $add:ident, $mul:ident, $store:ident
+        $zero:ident, $load:ident, $splat:ident, $fmadd:ident, $store:ident
     ) => {
         $(#[$doc])*
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = $feature)]
         fn $name(z: &[f64], stride: usize, m: usize, g: &mut [f64]) {
-            use std::arch::x86_64::{$add, $load, $mul, $splat, $store, $vector, $zero};
+            use std::arch::x86_64::{$fmadd, $load, $splat, $store, $vector, $zero};
             const TI: usize = $lanes;
             const TJ: usize = 2 * $lanes;
             for i0 in (0..m).step_by(TI) {
@@ -311,8 +314,8 @@ macro_rules! gram_pass_simd {
                         let (b0, b1) = unsafe { ($load(b.as_ptr()), $load(b.as_ptr().add(TI))) };
                         for k in 0..TI {
                             let ak = $splat(a[k]);
-                            lo[k] = $add(lo[k], $mul(ak, b0));
-                            hi[k] = $add(hi[k], $mul(ak, b1));
+                            lo[k] = $fmadd(ak, b0, lo[k]);
+                            hi[k] = $fmadd(ak, b1, hi[k]);
                         }
                     }
                     let mut acc = [[0.0f64; TJ]; TI];
@@ -332,17 +335,15 @@ macro_rules! gram_pass_simd {
 
 gram_pass_simd! {
     /// The AVX-512 build: 8 × 16 cells in 16 registers, enough independent sums to keep both
-    /// floating-point adders busy.
+    /// fused multiply-add units busy.
     fn gram_pass_avx512, feature "avx512f", __m512d of 8,
-    _mm512_setzero_pd, _mm512_loadu_pd, _mm512_set1_pd, _mm512_add_pd, _mm512_mul_pd,
-    _mm512_storeu_pd
+    _mm512_setzero_pd, _mm512_loadu_pd, _mm512_set1_pd, _mm512_fmadd_pd, _mm512_storeu_pd
 }
 
 gram_pass_simd! {
     /// The AVX2 build: 4 × 8 cells in 8 registers, half the register file.
-    fn gram_pass_avx2, feature "avx2", __m256d of 4,
-    _mm256_setzero_pd, _mm256_loadu_pd, _mm256_set1_pd, _mm256_add_pd, _mm256_mul_pd,
-    _mm256_storeu_pd
+    fn gram_pass_avx2, feature "avx2,fma", __m256d of 4,
+    _mm256_setzero_pd, _mm256_loadu_pd, _mm256_set1_pd, _mm256_fmadd_pd, _mm256_storeu_pd
 }
 
 /// One pass of the Gram kernel with the widest build this CPU runs.
@@ -353,8 +354,9 @@ fn gram_pass(z: &[f64], stride: usize, m: usize, g: &mut [f64]) {
             // SAFETY: the CPU supports AVX-512F, checked just above.
             return unsafe { gram_pass_avx512(z, stride, m, g) };
         }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2, checked just above.
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU supports AVX2 and FMA, checked just above.
             return unsafe { gram_pass_avx2(z, stride, m, g) };
         }
     }
@@ -432,7 +434,11 @@ mod tests {
             let stride = gram_stride(m);
             let rows = 2 * GRAM_ROWS + 3;
             let z: Vec<f64> = (0..rows * stride)
-                .map(|i| if i % stride < m { ((i * 7919) % 1009) as f64 / 97.0 - 5.2 } else { 0.0 })
+                .map(|i| {
+                    // Values that widen from `f32`, as the packed rows' values all do.
+                    let v = ((i * 7919) % 1009) as f32 / 97.0 - 5.2;
+                    if i % stride < m { f64::from(v) } else { 0.0 }
+                })
                 .collect();
             let reference = {
                 let mut g = vec![0.0; m * m];
@@ -450,8 +456,10 @@ mod tests {
             ];
             #[cfg(target_arch = "x86_64")]
             {
-                if std::arch::is_x86_feature_detected!("avx2") {
-                    // SAFETY: the CPU supports AVX2, checked just above.
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the CPU supports AVX2 and FMA, checked just above.
                     builds.push(("avx2", run(&|g| unsafe { gram_pass_avx2(&z, stride, m, g) })));
                 }
                 if std::arch::is_x86_feature_detected!("avx512f") {
