@@ -288,35 +288,65 @@ fn add_tile<const TI: usize, const TJ: usize>(
 
 /// Defines a vector build of the Gram pass: tiles of `lanes` rows × `2 × lanes` columns, held
 /// in `2 × lanes` registers of `lanes` doubles. Each row contributes the product of `lanes`
-/// broadcast values with two vector loads; the cells are then stored and added to `g` exactly
-/// as the portable build adds them.
+/// broadcast values with two vector loads. Where no more than `lanes` columns are left (the
+/// bias and target columns at d = 64), the tile is `lanes` wide and the second half is skipped.
+/// A tile that lies wholly inside the upper triangle is added to `g` a vector at a time; the
+/// others are stored and added cell by cell, exactly as the portable build adds them.
 macro_rules! gram_pass_simd {
     (
         $(#[$doc:meta])*
         fn $name:ident, feature $feature:literal, $vector:ident of $lanes:literal,
-        $zero:ident, $load:ident, $splat:ident, $fmadd:ident, $store:ident
+        $zero:ident, $load:ident, $splat:ident, $fmadd:ident, $add:ident, $store:ident
     ) => {
         $(#[$doc])*
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = $feature)]
         fn $name(z: &[f64], stride: usize, m: usize, g: &mut [f64]) {
-            use std::arch::x86_64::{$fmadd, $load, $splat, $store, $vector, $zero};
+            use std::arch::x86_64::{$add, $fmadd, $load, $splat, $store, $vector, $zero};
             const TI: usize = $lanes;
             const TJ: usize = 2 * $lanes;
             for i0 in (0..m).step_by(TI) {
                 for j0 in column_tiles(i0, TJ, m) {
                     let mut lo: [$vector; TI] = [$zero(); TI];
                     let mut hi: [$vector; TI] = [$zero(); TI];
-                    for zr in z.chunks_exact(stride) {
-                        let a: &[f64; TI] = zr[i0..i0 + TI].try_into().expect("a whole tile");
-                        let b: &[f64; TJ] = zr[j0..j0 + TJ].try_into().expect("a whole tile");
-                        // SAFETY: `b` holds `2 × lanes` doubles, so both loads are in bounds.
-                        let (b0, b1) = unsafe { ($load(b.as_ptr()), $load(b.as_ptr().add(TI))) };
-                        for k in 0..TI {
-                            let ak = $splat(a[k]);
-                            lo[k] = $fmadd(ak, b0, lo[k]);
-                            hi[k] = $fmadd(ak, b1, hi[k]);
+                    let narrow = m - j0 <= TI;
+                    if narrow {
+                        for zr in z.chunks_exact(stride) {
+                            let a: &[f64; TI] = zr[i0..i0 + TI].try_into().expect("a whole tile");
+                            let b: &[f64; TI] = zr[j0..j0 + TI].try_into().expect("a whole tile");
+                            // SAFETY: `b` holds `lanes` doubles.
+                            let b0 = unsafe { $load(b.as_ptr()) };
+                            for k in 0..TI {
+                                lo[k] = $fmadd($splat(a[k]), b0, lo[k]);
+                            }
                         }
+                    } else {
+                        for zr in z.chunks_exact(stride) {
+                            let a: &[f64; TI] = zr[i0..i0 + TI].try_into().expect("a whole tile");
+                            let b: &[f64; TJ] = zr[j0..j0 + TJ].try_into().expect("a whole tile");
+                            // SAFETY: `b` holds `2 × lanes` doubles, so both loads are in bounds.
+                            let (b0, b1) =
+                                unsafe { ($load(b.as_ptr()), $load(b.as_ptr().add(TI))) };
+                            for k in 0..TI {
+                                let ak = $splat(a[k]);
+                                lo[k] = $fmadd(ak, b0, lo[k]);
+                                hi[k] = $fmadd(ak, b1, hi[k]);
+                            }
+                        }
+                    }
+                    // Every cell of the tile is on or above the diagonal and inside `g`.
+                    if j0 + 1 >= i0 + TI && j0 + TJ <= m && i0 + TI <= m {
+                        for (k, (l, h)) in lo.iter().zip(&hi).enumerate() {
+                            let cells = &mut g[(i0 + k) * m + j0..][..TJ];
+                            // SAFETY: `cells` holds `2 × lanes` doubles, room for both loads
+                            // and both stores.
+                            unsafe {
+                                let p = cells.as_mut_ptr();
+                                $store(p, $add($load(p), *l));
+                                $store(p.add(TI), $add($load(p.add(TI)), *h));
+                            }
+                        }
+                        continue;
                     }
                     let mut acc = [[0.0f64; TJ]; TI];
                     for (cells, (l, h)) in acc.iter_mut().zip(lo.iter().zip(&hi)) {
@@ -337,13 +367,15 @@ gram_pass_simd! {
     /// The AVX-512 build: 8 × 16 cells in 16 registers, enough independent sums to keep both
     /// fused multiply-add units busy.
     fn gram_pass_avx512, feature "avx512f", __m512d of 8,
-    _mm512_setzero_pd, _mm512_loadu_pd, _mm512_set1_pd, _mm512_fmadd_pd, _mm512_storeu_pd
+    _mm512_setzero_pd, _mm512_loadu_pd, _mm512_set1_pd, _mm512_fmadd_pd, _mm512_add_pd,
+    _mm512_storeu_pd
 }
 
 gram_pass_simd! {
     /// The AVX2 build: 4 × 8 cells in 8 registers, half the register file.
     fn gram_pass_avx2, feature "avx2,fma", __m256d of 4,
-    _mm256_setzero_pd, _mm256_loadu_pd, _mm256_set1_pd, _mm256_fmadd_pd, _mm256_storeu_pd
+    _mm256_setzero_pd, _mm256_loadu_pd, _mm256_set1_pd, _mm256_fmadd_pd, _mm256_add_pd,
+    _mm256_storeu_pd
 }
 
 /// One pass of the Gram kernel with the widest build this CPU runs.
