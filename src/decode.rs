@@ -65,6 +65,34 @@ pub struct Affine {
     pub scale: Vec<f32>,
 }
 
+impl Affine {
+    /// Maps every row of `x` (rows of `shift.len()` values), with AVX where the CPU has it:
+    /// the same two roundings per value either way.
+    fn apply(&self, x: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx") {
+            // SAFETY: the CPU supports AVX, checked just above.
+            return unsafe { self.apply_avx(x) };
+        }
+        self.apply_rows(x)
+    }
+
+    #[inline(always)]
+    fn apply_rows(&self, x: &mut [f32]) {
+        for row in x.chunks_exact_mut(self.shift.len()) {
+            for ((v, s), k) in row.iter_mut().zip(&self.shift).zip(&self.scale) {
+                *v = (*v - s) * k;
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx")]
+    fn apply_avx(&self, x: &mut [f32]) {
+        self.apply_rows(x)
+    }
+}
+
 /// Rows decoded from part of one row group.
 #[derive(Debug, Default)]
 pub struct Block {
@@ -123,6 +151,7 @@ impl Decoder<'_> {
         // Whether any feature may be NaN or infinite, swept tile by tile while the tile is in
         // L1 cache; a sweep of the whole block afterwards would read it back from memory.
         let mut x_suspect = false;
+        let mut x_checked = rows;
         for start in (0..rows).step_by(TRANSPOSE_ROWS) {
             let range = start..(start + TRANSPOSE_ROWS).min(rows);
             for &(first, offset) in &groups {
@@ -135,7 +164,18 @@ impl Decoder<'_> {
                 let (col, offset) = (&plan.features[i], plan.offsets[i]);
                 write_feature(arrays[i], &mut block.x, d, offset, col.width, range.clone());
             }
-            x_suspect |= any_non_finite(&block.x[range.start * d..range.end * d]);
+            let tile = &mut block.x[range.start * d..range.end * d];
+            if !x_suspect && any_non_finite(tile) {
+                // This tile and the rest are standardised after the slow check below, which
+                // must see their values as stored.
+                x_suspect = true;
+                x_checked = range.start;
+            }
+            // Standardised here, while the tile is in L1, rather than by a sweep of the block.
+            // The tiles before a suspect one held only finite values.
+            if let (Some(affine), false) = (self.transform, x_suspect) {
+                affine.apply(tile);
+            }
         }
         if let Some(target) = &plan.target {
             let array = self.column(batch, target)?;
@@ -144,7 +184,11 @@ impl Decoder<'_> {
             write_feature(array, &mut block.y, 1, 0, 1, 0..rows);
         }
         if x_suspect || any_non_finite(&block.y) {
-            self.find_non_finite(block, first_row, &mut bad)?;
+            self.find_non_finite(block, first_row, x_checked, &mut bad)?;
+        }
+        if let Some(affine) = self.transform {
+            // Rows that are then dropped are standardised for nothing, which is harmless.
+            affine.apply(&mut block.x[x_checked * d..]);
         }
 
         block.passthrough = if plan.keep.is_empty() {
@@ -178,13 +222,6 @@ impl Decoder<'_> {
         } else if skipped > 0 {
             self.drop_rows(block, &drop)?;
             block.skipped = skipped;
-        }
-        if let Some(affine) = self.transform {
-            for row in block.x.chunks_exact_mut(d) {
-                for ((v, s), k) in row.iter_mut().zip(&affine.shift).zip(&affine.scale) {
-                    *v = (*v - s) * k;
-                }
-            }
         }
         Ok(())
     }
@@ -263,14 +300,21 @@ impl Decoder<'_> {
     /// Reports, or marks for dropping, rows holding NaN or an infinity.
     /// Finds the rows with a NaN or infinite value, once a sweep has seen one: an error naming
     /// the first, or with `--on-invalid skip` every such row marked in `bad`.
-    fn find_non_finite(&self, block: &Block, first_row: usize, bad: &mut Vec<bool>) -> Result<()> {
+    fn find_non_finite(
+        &self,
+        block: &Block,
+        first_row: usize,
+        x_from: usize,
+        bad: &mut Vec<bool>,
+    ) -> Result<()> {
         let d = self.plan.d;
         for r in 0..block.rows {
             if bad.get(r).copied().unwrap_or(false) {
                 continue;
             }
             let row = &block.x[r * d..(r + 1) * d];
-            let found = match row.iter().position(|v| !v.is_finite()) {
+            let x_found = if r < x_from { None } else { row.iter().position(|v| !v.is_finite()) };
+            let found = match x_found {
                 Some(i) => Some((self.feature_column_of(i), row[i])),
                 None => match block.y.get(r) {
                     Some(v) if !v.is_finite() => {
@@ -559,6 +603,98 @@ mod tests {
             held_out += usize::from(v);
         }
         assert!((1800..2200).contains(&held_out), "{held_out}");
+    }
+
+    /// Nine `f32` feature columns (a transposed group of eight and one more) and a target,
+    /// `rows` long, with `value(row, column)` in them.
+    fn batch_of(rows: usize, value: impl Fn(usize, usize) -> f32) -> (ColumnPlan, RecordBatch) {
+        use arrow_array::Float32Array;
+        use arrow_schema::{Field, Schema};
+        let names: Vec<String> = (0..10).map(|c| format!("c{c}")).collect();
+        let schema = Schema::new(
+            names.iter().map(|n| Field::new(n, DataType::Float32, false)).collect::<Vec<_>>(),
+        );
+        let columns: Vec<ArrayRef> = (0..10)
+            .map(|c| {
+                std::sync::Arc::new(Float32Array::from_iter_values((0..rows).map(|r| value(r, c))))
+                    as ArrayRef
+            })
+            .collect();
+        let batch = RecordBatch::try_new(std::sync::Arc::new(schema), columns).unwrap();
+        let plan = ColumnPlan {
+            features: names[..9]
+                .iter()
+                .map(|n| crate::dataset::FeatureColumn { name: n.clone(), width: 1, list: false })
+                .collect(),
+            target: Some(names[9].clone()),
+            keep: Vec::new(),
+            offsets: (0..9).collect(),
+            d: 9,
+        };
+        (plan, batch)
+    }
+
+    /// Standardisation runs tile by tile during the decode, but a tile with a NaN or an infinity
+    /// and every tile after it are standardised only after the slow check: the check sees stored
+    /// values (a scale of 0 would turn an infinity into a NaN), every kept row is standardised
+    /// exactly once, and dropped rows leave the others in order. Values the transform itself
+    /// makes infinite are not invalid input.
+    #[test]
+    fn standardisation_applies_once_to_every_kept_row_around_invalid_values() {
+        let rows = 3 * TRANSPOSE_ROWS + 17;
+        let raw = |r: usize, c: usize| ((r * 31 + c * 7) % 23) as f32 - 11.0;
+        let affine = Affine {
+            shift: (0..9).map(|c| c as f32 * 0.5).collect(),
+            // Column 5's scale overflows some values to infinity, which is the transform's
+            // doing and not an invalid input: the check must not see it either.
+            scale: (0..9)
+                .map(|c| match c {
+                    4 => 0.0,
+                    5 => 1e38,
+                    _ => 1.0 / (c as f32 + 1.5),
+                })
+                .collect(),
+        };
+        // Invalid values put into the input (row, column, value), and what to do with them.
+        type Case<'a> = (&'a [(usize, usize, f32)], OnInvalid);
+        let cases: [Case; 4] = [
+            (&[], OnInvalid::Skip),
+            (&[(2 * TRANSPOSE_ROWS + 3, 4, f32::INFINITY), (5, 9, f32::NAN)], OnInvalid::Skip),
+            (&[(TRANSPOSE_ROWS, 8, f32::NAN), (rows - 1, 0, f32::NEG_INFINITY)], OnInvalid::Skip),
+            (&[(2 * TRANSPOSE_ROWS + 3, 4, f32::INFINITY)], OnInvalid::Error),
+        ];
+        for (bad, on_invalid) in cases {
+            let value = |r: usize, c: usize| {
+                bad.iter().find(|&&(br, bc, _)| (br, bc) == (r, c)).map_or(raw(r, c), |b| b.2)
+            };
+            let (plan, batch) = batch_of(rows, value);
+            let decoder = Decoder {
+                plan: &plan,
+                on_invalid,
+                transform: Some(&affine),
+                split: None,
+                path: Path::new("t.parquet"),
+                row_group: 0,
+            };
+            let mut block = Block::default();
+            let result = decoder.decode(&batch, 1000, &mut block);
+            if on_invalid == OnInvalid::Error {
+                let e = result.unwrap_err().to_string();
+                assert!(e.contains("an infinity") && e.contains("c4"), "{e}");
+                continue;
+            }
+            result.unwrap();
+            let kept: Vec<usize> =
+                (0..rows).filter(|r| !bad.iter().any(|&(br, _, _)| br == *r)).collect();
+            assert_eq!((block.rows, block.skipped), (kept.len(), bad.len()));
+            for (i, &r) in kept.iter().enumerate() {
+                for c in 0..9 {
+                    let want = (raw(r, c) - affine.shift[c]) * affine.scale[c];
+                    assert_eq!(block.x[i * 9 + c].to_bits(), want.to_bits(), "row {r} col {c}");
+                }
+                assert_eq!(block.y[i], raw(r, 9));
+            }
+        }
     }
 
     #[test]
