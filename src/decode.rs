@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::dataset::ColumnPlan;
 use crate::error::{Error, InvalidKind, Result};
+use crate::reader::BlockSums;
 
 /// What to do with a row that holds a null, NaN or infinity in a chosen column.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -121,6 +122,8 @@ pub(crate) struct Decoder<'a> {
     pub split: Option<Split>,
     pub path: &'a Path,
     pub row_group: usize,
+    /// Sums to compute over the block's rows into [`Block::sums`].
+    pub sums: Option<&'a BlockSums>,
 }
 
 impl Decoder<'_> {
@@ -143,6 +146,23 @@ impl Decoder<'_> {
             self.check_nulls(array, &col.name, first_row, col.width, &mut bad)?;
             arrays.push(array);
         }
+        let target = match &plan.target {
+            Some(name) => {
+                let array = self.column(batch, name)?;
+                self.check_nulls(array, name, first_row, 1, &mut bad)?;
+                block.y.resize(rows, 0.0);
+                Some(array)
+            }
+            None => None,
+        };
+        block.sums.clear();
+        // The sums are added chunk by chunk as the rows are decoded, while they are in cache,
+        // as long as no row can be dropped from the block (no nulls, no split); rows from
+        // `summed` on are summed at the end. Either way the chunks start at the same rows.
+        let mut fused = self.sums.filter(|_| bad.is_empty() && self.split.is_none());
+        let mut summed = 0;
+        // Rows whose target is written.
+        let mut y_done = 0;
         // Runs of eight plain `f32` columns at adjacent offsets (the common case) are transposed
         // eight at a time, a 32-byte row segment per store; the rest column by column. Either
         // way a few rows at a time, so that the rows being written stay in L1 cache while every
@@ -154,6 +174,7 @@ impl Decoder<'_> {
         let mut x_checked = rows;
         for start in (0..rows).step_by(TRANSPOSE_ROWS) {
             let range = start..(start + TRANSPOSE_ROWS).min(rows);
+            let chunk_end = range.end == rows || range.end.is_multiple_of(SUMS_CHUNK_ROWS);
             for &(first, offset) in &groups {
                 let cols: [&[f32]; 8] = std::array::from_fn(|k| {
                     &arrays[first + k].as_primitive::<Float32Type>().values()[range.clone()]
@@ -176,14 +197,27 @@ impl Decoder<'_> {
             if let (Some(affine), false) = (self.transform, x_suspect) {
                 affine.apply(tile);
             }
+            if let (Some(sums), Some(target), true) = (fused, target, chunk_end) {
+                let chunk = summed..range.end;
+                write_feature(target, &mut block.y, 1, 0, 1, chunk.clone());
+                y_done = chunk.end;
+                if x_suspect || any_non_finite(&block.y[chunk.clone()]) {
+                    // The slow check below decides which rows stay.
+                    fused = None;
+                } else {
+                    sums.add(
+                        &block.x[chunk.start * d..chunk.end * d],
+                        &block.y[chunk.clone()],
+                        &mut block.sums,
+                    );
+                    summed = chunk.end;
+                }
+            }
         }
-        if let Some(target) = &plan.target {
-            let array = self.column(batch, target)?;
-            self.check_nulls(array, target, first_row, 1, &mut bad)?;
-            block.y.resize(rows, 0.0);
-            write_feature(array, &mut block.y, 1, 0, 1, 0..rows);
+        if let Some(target) = target {
+            write_feature(target, &mut block.y, 1, 0, 1, y_done..rows);
         }
-        if x_suspect || any_non_finite(&block.y) {
+        if x_suspect || any_non_finite(&block.y[summed..]) {
             self.find_non_finite(block, first_row, x_checked, &mut bad)?;
         }
         if let Some(affine) = self.transform {
@@ -222,6 +256,10 @@ impl Decoder<'_> {
         } else if skipped > 0 {
             self.drop_rows(block, &drop)?;
             block.skipped = skipped;
+        }
+        if let Some(sums) = self.sums.filter(|_| summed < block.rows) {
+            let kept = summed..block.rows;
+            sums.add(&block.x[kept.start * d..kept.end * d], &block.y[kept], &mut block.sums);
         }
         Ok(())
     }
@@ -507,6 +545,11 @@ fn any_non_finite(v: &[f32]) -> bool {
 /// Rows transposed together: 64 rows of 64 features are 16 KiB, well inside L1 cache.
 const TRANSPOSE_ROWS: usize = 64;
 
+/// Rows per call of [`BlockSums::add`] while decoding: the kernels' chunk, so that summing as
+/// the rows are decoded cuts the block where summing it afterwards would.
+const SUMS_CHUNK_ROWS: usize = crate::reduce::CHUNK_ROWS;
+const _: () = assert!(SUMS_CHUNK_ROWS.is_multiple_of(TRANSPOSE_ROWS));
+
 /// A number that converts to `f32`, possibly with rounding.
 trait ToF32: Copy {
     fn to_f32(self) -> f32;
@@ -675,6 +718,7 @@ mod tests {
                 split: None,
                 path: Path::new("t.parquet"),
                 row_group: 0,
+                sums: None,
             };
             let mut block = Block::default();
             let result = decoder.decode(&batch, 1000, &mut block);
@@ -694,6 +738,89 @@ mod tests {
                 }
                 assert_eq!(block.y[i], raw(r, 9));
             }
+        }
+    }
+
+    /// The sums a decode worker adds while decoding see exactly the block's kept rows, once
+    /// each and in order, in runs that start at chunk boundaries, whether the block is clean
+    /// (summed during the decode), has an invalid feature or target partway (summed up to it,
+    /// then the rest after the slow check), has a null (summed after the decode) or is split.
+    #[test]
+    fn block_sums_see_every_kept_row_once_in_chunk_aligned_runs() {
+        let rows = 3 * SUMS_CHUNK_ROWS + 100;
+        let raw = |r: usize, c: usize| ((r * 31 + c * 7) % 23) as f32 - 11.0;
+        // Each run is logged as NaN, its length, then its rows (features, then target).
+        let log = BlockSums::new(|x, y, out| {
+            out.extend([f64::NAN, y.len() as f64]);
+            for (row, t) in x.chunks_exact(9).zip(y) {
+                out.extend(row.iter().chain([t]).map(|&v| f64::from(v)));
+            }
+        });
+        let affine = Affine { shift: vec![1.0; 9], scale: vec![0.5; 9] };
+        let nan_x = (SUMS_CHUNK_ROWS + 70, 3, f32::NAN);
+        let inf_y = (2 * SUMS_CHUNK_ROWS + 5, 9, f32::INFINITY);
+        let split = Split { fraction: 0.3, part: Part::Train };
+        // Invalid values put into the input, a split, and whether a target is null.
+        type Case<'a> = (&'a [(usize, usize, f32)], Option<Split>, bool);
+        let cases: [Case; 5] = [
+            (&[], None, false),
+            (&[nan_x], None, false),
+            (&[inf_y, (rows - 1, 0, f32::NAN)], None, false),
+            (&[], None, true),
+            (&[nan_x], Some(split), false),
+        ];
+        for (case, (bad, split, null)) in cases.into_iter().enumerate() {
+            use arrow_array::Float32Array;
+            let value = |r: usize, c: usize| {
+                bad.iter().find(|&&(br, bc, _)| (br, bc) == (r, c)).map_or(raw(r, c), |b| b.2)
+            };
+            let (plan, mut batch) = batch_of(rows, value);
+            if null {
+                // A null target in the second chunk.
+                let y = Float32Array::from_iter(
+                    (0..rows).map(|r| (r != SUMS_CHUNK_ROWS + 1).then(|| raw(r, 9))),
+                );
+                let mut columns = batch.columns().to_vec();
+                columns[9] = std::sync::Arc::new(y);
+                let schema = arrow_schema::Schema::new(
+                    (0..10)
+                        .map(|c| arrow_schema::Field::new(format!("c{c}"), DataType::Float32, true))
+                        .collect::<Vec<_>>(),
+                );
+                batch = RecordBatch::try_new(std::sync::Arc::new(schema), columns).unwrap();
+            }
+            let decoder = Decoder {
+                plan: &plan,
+                on_invalid: OnInvalid::Skip,
+                transform: Some(&affine),
+                split,
+                path: Path::new("t.parquet"),
+                row_group: 0,
+                sums: Some(&log),
+            };
+            let mut block = Block { sums: vec![7.0], ..Block::default() };
+            decoder.decode(&batch, 0, &mut block).unwrap();
+            let mut seen = Vec::new();
+            let mut at = 0;
+            while at < block.sums.len() {
+                assert!(block.sums[at].is_nan(), "case {case}: a run starts at {at}");
+                let len = block.sums[at + 1] as usize;
+                assert!(
+                    (seen.len() / 10).is_multiple_of(SUMS_CHUNK_ROWS),
+                    "case {case}: unaligned"
+                );
+                seen.extend_from_slice(&block.sums[at + 2..at + 2 + 10 * len]);
+                at += 2 + 10 * len;
+            }
+            let kept: Vec<f64> = block
+                .x
+                .chunks_exact(9)
+                .zip(&block.y)
+                .take(block.rows)
+                .flat_map(|(row, t)| row.iter().chain([t]).map(|&v| f64::from(v)))
+                .collect();
+            assert_eq!(seen, kept, "case {case}");
+            assert!(block.rows < rows || bad.is_empty() && !null && split.is_none());
         }
     }
 

@@ -62,19 +62,28 @@ pub struct ReadOptions {
     pub sums: Option<BlockSums>,
 }
 
-/// A function of a block's rows that a decode worker computes before it sends the block, into
-/// [`Block::sums`]: the per-block part of a full pass (the gradient at fixed weights, the
-/// normal-equation sums). The rows are then still in the worker's cache, and on a machine with as
-/// many cores as workers no second set of threads competes with decoding. The consumer adds the
-/// parts in block order, so results stay independent of which worker computed what.
+/// Sums over a block's rows that the decode worker computes into [`Block::sums`]: the per-block
+/// part of a full pass (the gradient at fixed weights, the normal-equation sums). The worker
+/// adds each chunk of rows as soon as it is decoded, while the rows are still in its cache, and
+/// on a machine with as many cores as workers no second set of threads competes with decoding.
+/// The consumer adds the blocks' parts in block order, so results stay independent of which
+/// worker computed what.
 #[derive(Clone)]
 pub struct BlockSums(Arc<SumsFn>);
 
-type SumsFn = dyn Fn(&Block, &mut Vec<f64>) + Send + Sync;
+type SumsFn = dyn Fn(&[f32], &[f32], &mut Vec<f64>) + Send + Sync;
 
 impl BlockSums {
-    pub fn new(f: impl Fn(&Block, &mut Vec<f64>) + Send + Sync + 'static) -> BlockSums {
+    /// `f(x, y, out)` adds the sums of the rows `x` (`rows × d`) with targets `y` to `out`,
+    /// which is empty at the start of each block (and stays empty for a block without rows).
+    /// The rows of a block arrive in order, in runs that start at multiples of
+    /// [`crate::reduce::CHUNK_ROWS`] rows.
+    pub fn new(f: impl Fn(&[f32], &[f32], &mut Vec<f64>) + Send + Sync + 'static) -> BlockSums {
         BlockSums(Arc::new(f))
+    }
+
+    pub(crate) fn add(&self, x: &[f32], y: &[f32], out: &mut Vec<f64>) {
+        (self.0)(x, y, out)
     }
 }
 
@@ -286,6 +295,7 @@ impl Worker {
             split: self.options.split,
             path: &shard.path,
             row_group: unit.row_group,
+            sums: self.options.sums.as_ref(),
         };
         let mut first_row = 0;
         for batch in reader {
@@ -294,11 +304,6 @@ impl Worker {
             block.seq = seq;
             decoder.decode(&batch, first_row, &mut block)?;
             first_row += batch.num_rows();
-            if let Some(BlockSums(sums)) = &self.options.sums {
-                let mut out = std::mem::take(&mut block.sums);
-                sums(&block, &mut out);
-                block.sums = out;
-            }
             if self.tx.send(Msg::Block(block)).is_err() {
                 return Ok(false);
             }

@@ -88,6 +88,35 @@ pub fn gradient_sums(
     }
 }
 
+/// Adds one chunk's Gram matrix `g` (`m × m`, `m = d + 2`, from [`kernel::chunk_gram`]) to the
+/// normal-equation sums.
+fn add_gram(d: usize, g: &[f64], a: &mut [f64], c: &mut [f64], yy: &mut f64) {
+    let n = d + 1;
+    let m = d + 2;
+    for i in 0..n {
+        for j in i..n {
+            a[i * n + j] += g[i * m + j];
+        }
+        c[i] += g[i * m + d + 1];
+    }
+    *yy += g[(d + 1) * m + d + 1];
+}
+
+/// Adds `[Σ r x (d values), Σ r, Σ r²]` over the rows of `x` and `y` to `out` (length `d + 2`),
+/// chunk by chunk on this thread: `gradient_sums` without a pool, added to rather than written.
+pub fn add_gradient_sums(x: &[f32], y: &[f32], w: &[f32], b: f32, out: &mut [f64]) {
+    let d = w.len();
+    let mut partial = vec![0.0f32; d + 2];
+    for (xc, yc) in x.chunks(CHUNK_ROWS * d).zip(y.chunks(CHUNK_ROWS)) {
+        partial.fill(0.0);
+        let (g, loss) = partial.split_at_mut(d + 1);
+        loss[0] = kernel::chunk_gradient(xc, yc, w, b, g);
+        for (o, p) in out.iter_mut().zip(&partial) {
+            *o += f64::from(*p);
+        }
+    }
+}
+
 /// Sums of the normal equations over a run of rows: `a = Σ x̃ x̃ᵀ` (upper triangle) and
 /// `c = Σ x̃ y`, with `x̃ = [x, 1]`.
 #[derive(Debug, Clone)]
@@ -126,17 +155,28 @@ impl NormalSums {
             }),
             _ => x.chunks(CHUNK_ROWS * d).zip(y.chunks(CHUNK_ROWS)).map(one).collect(),
         };
-        let n = d + 1;
         for g in &parts {
-            for i in 0..n {
-                for j in i..n {
-                    self.a[i * n + j] += g[i * m + j];
-                }
-                self.c[i] += g[i * m + d + 1];
-            }
-            self.yy += g[(d + 1) * m + d + 1];
+            add_gram(d, g, &mut self.a, &mut self.c, &mut self.yy);
         }
         self.rows += y.len() as u64;
+    }
+
+    /// Adds the rows of `x` and `y` to sums packed as by [`NormalSums::to_buffer`], chunk by
+    /// chunk on this thread: the same sums, in the same order, as [`NormalSums::add_rows`].
+    pub fn add_rows_to_buffer(d: usize, x: &[f32], y: &[f32], buf: &mut [f64]) {
+        let n = d + 1;
+        let m = d + 2;
+        let (a, rest) = buf.split_at_mut(n * n);
+        let (c, rest) = rest.split_at_mut(n);
+        let [yy, rows] = rest else { panic!("a normal-equations buffer for d = {d}") };
+        let mut g = vec![0.0; m * m];
+        let mut scratch = Vec::with_capacity(kernel::GRAM_ROWS * (m + 16));
+        for (xc, yc) in x.chunks(CHUNK_ROWS * d).zip(y.chunks(CHUNK_ROWS)) {
+            g.fill(0.0);
+            kernel::chunk_gram(xc, yc, d, &mut scratch, &mut g);
+            add_gram(d, &g, a, c, yy);
+        }
+        *rows += y.len() as f64;
     }
 
     /// Packs the sums into one buffer for a [`Reducer`], and back.
@@ -208,6 +248,28 @@ mod tests {
             let mut np = NormalSums::new(d);
             np.add_rows(Some(&pool), &x, &y);
             prop_assert_eq!(ns.to_buffer(), np.to_buffer());
+        }
+
+        /// Summing a block in runs that start at chunk boundaries, as a decode worker does while
+        /// it decodes, gives the bits of summing the block at once.
+        #[test]
+        fn sums_added_run_by_run_equal_the_whole(rows in 0usize..3000, d in 1usize..40, cut in 0usize..6, seed: u64) {
+            let (x, y) = data(rows, d, seed);
+            let w: Vec<f32> = (0..d).map(|j| j as f32 * 0.01 - 0.1).collect();
+            let cut = (cut * CHUNK_ROWS).min(rows);
+            let mut whole = vec![0.0; d + 2];
+            gradient_sums(None, &x, &y, &w, 0.5, &mut Scratch::default(), &mut whole);
+            let mut runs = vec![0.0; d + 2];
+            add_gradient_sums(&x[..cut * d], &y[..cut], &w, 0.5, &mut runs);
+            add_gradient_sums(&x[cut * d..], &y[cut..], &w, 0.5, &mut runs);
+            prop_assert_eq!(whole, runs);
+
+            let mut ns = NormalSums::new(d);
+            ns.add_rows(None, &x, &y);
+            let mut buf = NormalSums::new(d).to_buffer();
+            NormalSums::add_rows_to_buffer(d, &x[..cut * d], &y[..cut], &mut buf);
+            NormalSums::add_rows_to_buffer(d, &x[cut * d..], &y[cut..], &mut buf);
+            prop_assert_eq!(ns.to_buffer(), buf);
         }
     }
 }

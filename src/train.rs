@@ -972,10 +972,11 @@ impl Trainer<'_> {
         let started = Instant::now();
         self.observer.pass_started("normal equations", self.dataset.rows());
         // Each decode worker sums the blocks it decodes; the blocks' sums are added in order.
-        let block_sums = BlockSums::new(move |block, out| {
-            let mut sums = NormalSums::new(d);
-            sums.add_rows(None, &block.x, &block.y);
-            *out = sums.to_buffer();
+        let block_sums = BlockSums::new(move |x, y, out| {
+            if out.is_empty() {
+                *out = NormalSums::new(d).to_buffer();
+            }
+            NormalSums::add_rows_to_buffer(d, x, y, out);
         });
         let read = ReadOptions { sums: Some(block_sums), ..self.read.clone() };
         let mut total = NormalSums::new(d).to_buffer();
@@ -1048,10 +1049,9 @@ impl Trainer<'_> {
         let d = self.plan.d;
         let w32: Arc<[f32]> = self.p.w.iter().map(|&w| w as f32).collect();
         let b32 = self.p.b as f32;
-        let block_sums = BlockSums::new(move |block, out| {
+        let block_sums = BlockSums::new(move |x, y, out| {
             out.resize(d + 2, 0.0);
-            let mut scratch = Scratch::default();
-            reduce::gradient_sums(None, &block.x, &block.y, &w32, b32, &mut scratch, out);
+            reduce::add_gradient_sums(x, y, &w32, b32, out);
         });
         let read = ReadOptions { sums: Some(block_sums), ..read.clone() };
         let mut stream = BlockStream::start(Arc::clone(dataset), Arc::clone(plan), units, &read)?;
