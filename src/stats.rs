@@ -152,16 +152,34 @@ pub fn sample_standardization(
     plan: &Arc<ColumnPlan>,
     options: &ReadOptions,
 ) -> Result<Standardization> {
-    let mut stream =
-        BlockStream::start(Arc::clone(dataset), Arc::clone(plan), dataset.units(), options)?;
+    // A stream over every row group would have its workers decode row groups ahead that the
+    // sample never reads (on the 1M-row benchmark set, an eighth of an epoch). So each stream
+    // covers only the row groups that the rows still wanted need, and another follows if rows
+    // were dropped on the way: the same whole blocks, in the same order, either way.
+    let units = dataset.units();
     let mut moments = Moments::new(plan.d);
-    while moments.rows < SAMPLE_ROWS {
-        match stream.next() {
-            Some(block) => moments.add(&block?.x),
-            None => break,
+    let mut next = 0;
+    while moments.rows < SAMPLE_ROWS && next < units.len() {
+        let mut end = next;
+        let mut rows = moments.rows;
+        while end < units.len() && rows < SAMPLE_ROWS {
+            rows += units[end].rows as u64;
+            end += 1;
         }
+        let stream = BlockStream::start(
+            Arc::clone(dataset),
+            Arc::clone(plan),
+            units[next..end].to_vec(),
+            options,
+        )?;
+        for block in stream {
+            moments.add(&block?.x);
+            if moments.rows >= SAMPLE_ROWS {
+                break;
+            }
+        }
+        next = end;
     }
-    drop(stream);
     if moments.rows == 0 {
         return Err(Error::NoRows { input: dataset.describe(), purpose: "train on" });
     }

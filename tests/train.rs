@@ -209,3 +209,49 @@ fn different_seeds_change_the_batch_order() {
     assert_ne!(bits(&run(1)), bits(&run(2)));
     assert_eq!(bits(&run(3)), bits(&run(3)));
 }
+
+/// The default scaling's sample is the first whole blocks in file order that reach
+/// `SAMPLE_ROWS` kept rows. It is read in streams that cover only the row groups still needed;
+/// with half the rows split off, the first such stream falls short and a second continues it.
+/// Either way the sample equals that of one stream over every row group.
+#[test]
+fn the_scaling_sample_is_the_first_rows_in_file_order_however_it_is_read() {
+    use slope::decode::{Part, Split};
+    use slope::reader::{BlockStream, ReadOptions};
+    use slope::stats::{Moments, SAMPLE_ROWS, sample_standardization};
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = GenerateConfig {
+        rows: 3 * SAMPLE_ROWS,
+        features: 3,
+        shards: 2,
+        holdout_rows: 0,
+        row_group_rows: 7000,
+        noise: 0.1,
+        scale_max: 10.0,
+        seed: 5,
+    };
+    generate(&config, dir.path()).unwrap();
+    let dataset = Arc::new(
+        Dataset::open(&[dir.path().join("train").to_str().unwrap()], IoMode::Mmap).unwrap(),
+    );
+    let selection = ColumnSelection { target: Some("y".into()), ..Default::default() };
+    let plan = Arc::new(ColumnPlan::resolve(&dataset, &selection).unwrap());
+    for split in [None, Some(Split { fraction: 0.5, part: Part::Train })] {
+        let options = ReadOptions { workers: 2, split, ..ReadOptions::default() };
+        let sample = sample_standardization(&dataset, &plan, &options).unwrap();
+
+        let mut reference = Moments::new(plan.d);
+        let stream =
+            BlockStream::start(Arc::clone(&dataset), Arc::clone(&plan), dataset.units(), &options)
+                .unwrap();
+        for block in stream {
+            reference.add(&block.unwrap().x);
+            if reference.rows >= SAMPLE_ROWS {
+                break;
+            }
+        }
+        assert!(reference.rows >= SAMPLE_ROWS);
+        assert_eq!((sample.rows, &sample.mean), (reference.rows, &reference.mean), "{split:?}");
+    }
+}
