@@ -264,21 +264,22 @@ fn gram_tiles<const TI: usize, const TJ: usize>(z: &[f64], stride: usize, m: usi
                     }
                 }
             }
-            add_tile(&acc, i0, j0, m, g);
+            add_tile(&acc, (i0, j0), m, m, g);
         }
     }
 }
 
-/// Adds the cells of a tile at `(i0, j0)` that lie in the upper triangle of `g` (`m × m`).
+/// Adds the cells of a tile at `(i0, j0)` that lie in the upper triangle of `g` (`m × m`) and
+/// in its first `cols` columns.
 fn add_tile<const TI: usize, const TJ: usize>(
     acc: &[[f64; TJ]; TI],
-    i0: usize,
-    j0: usize,
+    (i0, j0): (usize, usize),
     m: usize,
+    cols: usize,
     g: &mut [f64],
 ) {
     for (i, cells) in (i0..m).zip(acc) {
-        for (j, &v) in (j0..m).zip(cells) {
+        for (j, &v) in (j0..cols).zip(cells) {
             if i <= j {
                 g[i * m + j] += v;
             }
@@ -286,12 +287,15 @@ fn add_tile<const TI: usize, const TJ: usize>(
     }
 }
 
-/// Defines a vector build of the Gram pass: tiles of `lanes` rows × `2 × lanes` columns, held
-/// in `2 × lanes` registers of `lanes` doubles. Each row contributes the product of `lanes`
-/// broadcast values with two vector loads. Where no more than `lanes` columns are left (the
-/// bias and target columns at d = 64), the tile is `lanes` wide and the second half is skipped.
-/// A tile that lies wholly inside the upper triangle is added to `g` a vector at a time; the
-/// others are stored and added cell by cell, exactly as the portable build adds them.
+/// Defines a vector build of the Gram pass. The first `main` columns (`m` rounded down to a
+/// whole number of vectors) are covered by tiles of `lanes` rows × `2 × lanes` columns, held in
+/// `2 × lanes` registers of `lanes` doubles: each row contributes the product of `lanes`
+/// broadcast values with two vector loads. Where no more than `lanes` columns are left, the tile
+/// is `lanes` wide. The last `m - main` columns (at d = 64, the bias and the target) are summed
+/// apart, a broadcast of the column's value times every vector of the row, so that they take no
+/// tile of their own. A tile that lies wholly inside the upper triangle is added to `g` a vector
+/// at a time; the others are stored and added cell by cell, exactly as the portable build adds
+/// them.
 macro_rules! gram_pass_simd {
     (
         $(#[$doc:meta])*
@@ -305,11 +309,12 @@ macro_rules! gram_pass_simd {
             use std::arch::x86_64::{$add, $fmadd, $load, $splat, $store, $vector, $zero};
             const TI: usize = $lanes;
             const TJ: usize = 2 * $lanes;
-            for i0 in (0..m).step_by(TI) {
-                for j0 in column_tiles(i0, TJ, m) {
+            let main = m - m % TI;
+            for i0 in (0..main).step_by(TI) {
+                for j0 in column_tiles(i0, TJ, main) {
                     let mut lo: [$vector; TI] = [$zero(); TI];
                     let mut hi: [$vector; TI] = [$zero(); TI];
-                    let narrow = m - j0 <= TI;
+                    let narrow = main - j0 <= TI;
                     if narrow {
                         for zr in z.chunks_exact(stride) {
                             let a: &[f64; TI] = zr[i0..i0 + TI].try_into().expect("a whole tile");
@@ -334,8 +339,8 @@ macro_rules! gram_pass_simd {
                             }
                         }
                     }
-                    // Every cell of the tile is on or above the diagonal and inside `g`.
-                    if j0 + 1 >= i0 + TI && j0 + TJ <= m && i0 + TI <= m {
+                    // Every cell of the tile is on or above the diagonal and inside `main`.
+                    if j0 + 1 >= i0 + TI && j0 + TJ <= main {
                         for (k, (l, h)) in lo.iter().zip(&hi).enumerate() {
                             let cells = &mut g[(i0 + k) * m + j0..][..TJ];
                             // SAFETY: `cells` holds `2 × lanes` doubles, room for both loads
@@ -356,7 +361,57 @@ macro_rules! gram_pass_simd {
                             $store(cells.as_mut_ptr().add(TI), *h);
                         }
                     }
-                    add_tile(&acc, i0, j0, m, g);
+                    add_tile(&acc, (i0, j0), m, main, g);
+                }
+            }
+            // The last columns against the first `main` rows: up to `BLOCKS` vectors of the
+            // row times a broadcast of the column's value per pass.
+            const BLOCKS: usize = 8;
+            for t in main..m {
+                for b0 in (0..main).step_by(BLOCKS * TI) {
+                    let blocks = ((main - b0) / TI).min(BLOCKS);
+                    let mut acc: [$vector; BLOCKS] = [$zero(); BLOCKS];
+                    if blocks == BLOCKS {
+                        // A fixed count, so that the sums stay in registers.
+                        for zr in z.chunks_exact(stride) {
+                            let zt = $splat(zr[t]);
+                            let a: &[f64; BLOCKS * TI] =
+                                zr[b0..b0 + BLOCKS * TI].try_into().expect("whole vectors");
+                            for k in 0..BLOCKS {
+                                // SAFETY: `a` holds `BLOCKS × lanes` doubles.
+                                let v = unsafe { $load(a.as_ptr().add(k * TI)) };
+                                acc[k] = $fmadd(v, zt, acc[k]);
+                            }
+                        }
+                    } else {
+                        for zr in z.chunks_exact(stride) {
+                            let zt = $splat(zr[t]);
+                            let a = &zr[b0..b0 + blocks * TI];
+                            for (k, acc) in acc.iter_mut().enumerate().take(blocks) {
+                                // SAFETY: `a` holds `blocks × lanes` doubles.
+                                let v = unsafe { $load(a.as_ptr().add(k * TI)) };
+                                *acc = $fmadd(v, zt, *acc);
+                            }
+                        }
+                    }
+                    let mut cells = [0.0f64; BLOCKS * TI];
+                    for (k, v) in acc.iter().enumerate().take(blocks) {
+                        // SAFETY: `cells` holds `BLOCKS × lanes` doubles.
+                        unsafe { $store(cells.as_mut_ptr().add(k * TI), *v) };
+                    }
+                    for (i, v) in (b0..b0 + blocks * TI).zip(cells) {
+                        g[i * m + t] += v;
+                    }
+                }
+            }
+            // The last columns against each other, cell by cell.
+            for i in main..m {
+                for j in i..m {
+                    let mut cell = 0.0;
+                    for zr in z.chunks_exact(stride) {
+                        cell += zr[i] * zr[j];
+                    }
+                    g[i * m + j] += cell;
                 }
             }
         }
