@@ -168,6 +168,18 @@ impl Decoder<'_> {
         // way a few rows at a time, so that the rows being written stay in L1 cache while every
         // column adds its values, instead of each column sweeping the whole block.
         let (groups, rest) = f32_groups(&arrays, plan);
+        // Each group's value slices, looked up once per block: a downcast per column and tile
+        // was 2 % of a `scan`'s CPU.
+        let groups: Vec<([&[f32]; 8], usize)> = groups
+            .iter()
+            .map(|&(first, offset)| {
+                let cols = std::array::from_fn(|k| {
+                    let values: &[f32] = arrays[first + k].as_primitive::<Float32Type>().values();
+                    values
+                });
+                (cols, offset)
+            })
+            .collect();
         // Whether any feature may be NaN or infinite, swept tile by tile while the tile is in
         // L1 cache; a sweep of the whole block afterwards would read it back from memory.
         let mut x_suspect = false;
@@ -175,11 +187,9 @@ impl Decoder<'_> {
         for start in (0..rows).step_by(TRANSPOSE_ROWS) {
             let range = start..(start + TRANSPOSE_ROWS).min(rows);
             let chunk_end = range.end == rows || range.end.is_multiple_of(SUMS_CHUNK_ROWS);
-            for &(first, offset) in &groups {
-                let cols: [&[f32]; 8] = std::array::from_fn(|k| {
-                    &arrays[first + k].as_primitive::<Float32Type>().values()[range.clone()]
-                });
-                transpose8(cols, &mut block.x[range.start * d..range.end * d], d, offset);
+            for (columns, offset) in &groups {
+                let cols: [&[f32]; 8] = std::array::from_fn(|k| &columns[k][range.clone()]);
+                transpose8(cols, &mut block.x[range.start * d..range.end * d], d, *offset);
             }
             for &i in &rest {
                 let (col, offset) = (&plan.features[i], plan.offsets[i]);
