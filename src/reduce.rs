@@ -58,29 +58,25 @@ pub fn gradient_sums(
     scratch: &mut Scratch,
     out: &mut [f64],
 ) {
+    out.fill(0.0);
+    let chunks = y.len().div_ceil(CHUNK_ROWS);
+    let Some(pool) = pool.filter(|_| chunks >= PARALLEL_MIN_CHUNKS) else {
+        return add_gradient_sums(x, y, w, b, out);
+    };
     let d = w.len();
     let width = d + 2;
-    let chunks = y.len().div_ceil(CHUNK_ROWS).max(1);
     scratch.partials.clear();
     scratch.partials.resize(chunks * width, 0.0);
-
-    let one = |(slot, (xc, yc)): (&mut [f32], (&[f32], &[f32]))| {
-        let (g, loss) = slot.split_at_mut(d + 1);
-        loss[0] = kernel::chunk_gradient(xc, yc, w, b, g);
-    };
-    let slots = scratch.partials.chunks_mut(width);
-    match pool {
-        Some(pool) if chunks >= PARALLEL_MIN_CHUNKS => pool.install(|| {
-            scratch
-                .partials
-                .par_chunks_mut(width)
-                .zip(x.par_chunks(CHUNK_ROWS * d).zip(y.par_chunks(CHUNK_ROWS)))
-                .for_each(one)
-        }),
-        _ => slots.zip(x.chunks(CHUNK_ROWS * d).zip(y.chunks(CHUNK_ROWS))).for_each(one),
-    }
-
-    out.fill(0.0);
+    pool.install(|| {
+        scratch
+            .partials
+            .par_chunks_mut(width)
+            .zip(x.par_chunks(CHUNK_ROWS * d).zip(y.par_chunks(CHUNK_ROWS)))
+            .for_each(|(slot, (xc, yc))| {
+                let (g, loss) = slot.split_at_mut(d + 1);
+                loss[0] = kernel::chunk_gradient(xc, yc, w, b, g);
+            })
+    });
     for slot in scratch.partials.chunks_exact(width) {
         for (o, p) in out.iter_mut().zip(slot) {
             *o += f64::from(*p);
@@ -103,7 +99,8 @@ fn add_gram(d: usize, g: &[f64], a: &mut [f64], c: &mut [f64], yy: &mut f64) {
 }
 
 /// Adds `[Σ r x (d values), Σ r, Σ r²]` over the rows of `x` and `y` to `out` (length `d + 2`),
-/// chunk by chunk on this thread: `gradient_sums` without a pool, added to rather than written.
+/// chunk by chunk on this thread, each chunk's `f32` sums added in `f64` in chunk order: what
+/// [`gradient_sums`] computes, added to `out` rather than written.
 pub fn add_gradient_sums(x: &[f32], y: &[f32], w: &[f32], b: f32, out: &mut [f64]) {
     let d = w.len();
     let mut partial = vec![0.0f32; d + 2];
