@@ -18,6 +18,7 @@ pub mod evaluate;
 pub mod generate;
 pub mod kernel;
 pub mod model;
+pub mod pages;
 pub mod reader;
 pub mod reduce;
 pub mod rng;

@@ -21,15 +21,20 @@
 
 use std::fs::File;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 
+use arrow_array::RecordBatch;
+use arrow_schema::ArrowError;
 use crossbeam_channel::{Receiver, Sender, bounded};
-use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::arrow_reader::{
+    ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder, RowSelection, RowSelector,
+};
 
 use crate::dataset::{ColumnPlan, Dataset, IoMode, Shard, Unit};
 use crate::decode::{Affine, Block, Decoder, OnInvalid, Split};
 use crate::error::{Error, Result};
+use crate::pages::{PlainPages, Unsupported};
 
 /// Bytes of decoded blocks each worker may queue ahead of the consumer.
 ///
@@ -60,6 +65,21 @@ pub struct ReadOptions {
     pub split: Option<Split>,
     /// Partial sums each worker computes on every block it decodes, before sending it.
     pub sums: Option<BlockSums>,
+    /// Which reader turns row groups into record batches.
+    pub decoder: Decoding,
+}
+
+/// Which reader turns a row group into record batches. Both give the same batches, value for
+/// value and row for row; they differ in speed and in what they can read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Decoding {
+    /// Plain `f32` columns straight from their pages ([`crate::pages`]) wherever the footer
+    /// allows, the parquet crate's record-batch reader for everything else.
+    #[default]
+    Pages,
+    /// The parquet crate's record-batch reader for every row group: the reference that the
+    /// page path is tested and measured against.
+    Arrow,
 }
 
 /// Sums over a block's rows that the decode worker computes into [`Block::sums`]: the per-block
@@ -102,6 +122,7 @@ impl Default for ReadOptions {
             transform: None,
             split: None,
             sums: None,
+            decoder: Decoding::Pages,
         }
     }
 }
@@ -163,6 +184,23 @@ pub struct BlockStream {
     position: usize,
     len: usize,
     failed: bool,
+    counts: Arc<ReadCounts>,
+}
+
+/// Rows the decode workers read, by reader, counted as each batch is read.
+#[derive(Debug, Default)]
+struct ReadCounts {
+    pages: AtomicU64,
+    parquet: AtomicU64,
+}
+
+/// How many rows of a stream each reader decoded (see [`Decoding`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DecodedRows {
+    /// Rows read straight from plain `f32` pages.
+    pub pages: u64,
+    /// Rows read by the parquet crate's record-batch reader.
+    pub parquet: u64,
 }
 
 impl BlockStream {
@@ -176,6 +214,7 @@ impl BlockStream {
         let units = Arc::new(units);
         let workers = options.workers.clamp(1, units.len().max(1));
         let cancel = Arc::new(AtomicBool::new(false));
+        let counts = Arc::new(ReadCounts::default());
         let queue = options.queue_blocks(&plan);
         let pool = Pool::new(workers * (queue + 2));
         let mut receivers = Vec::with_capacity(workers);
@@ -188,6 +227,7 @@ impl BlockStream {
                 units: Arc::clone(&units),
                 options: options.clone(),
                 cancel: Arc::clone(&cancel),
+                counts: Arc::clone(&counts),
                 pool: pool.clone(),
                 tx,
                 first: k,
@@ -208,7 +248,16 @@ impl BlockStream {
             position: 0,
             len: units.len(),
             failed: false,
+            counts,
         })
+    }
+
+    /// Rows decoded so far by each reader, the blocks queued ahead included.
+    pub fn decoded_rows(&self) -> DecodedRows {
+        DecodedRows {
+            pages: self.counts.pages.load(Ordering::Relaxed),
+            parquet: self.counts.parquet.load(Ordering::Relaxed),
+        }
     }
 
     /// The pool that consumed blocks go back to, so that workers reuse their buffers.
@@ -257,6 +306,7 @@ struct Worker {
     units: Arc<Vec<Unit>>,
     options: ReadOptions,
     cancel: Arc<AtomicBool>,
+    counts: Arc<ReadCounts>,
     pool: Pool,
     tx: Sender<Msg>,
     first: usize,
@@ -287,7 +337,13 @@ impl Worker {
     /// Decodes one row group and sends its blocks; `Ok(false)` when the consumer has gone.
     fn read_unit(&self, seq: usize, unit: Unit) -> Result<bool> {
         let shard = &self.dataset.shards[unit.shard];
-        let reader = open_row_group(shard, &self.plan, unit.row_group, self.options.block_rows)?;
+        let reader = open_row_group(
+            shard,
+            &self.plan,
+            unit.row_group,
+            self.options.block_rows,
+            self.options.decoder,
+        )?;
         let decoder = Decoder {
             plan: &self.plan,
             on_invalid: self.options.on_invalid,
@@ -298,8 +354,12 @@ impl Worker {
             sums: self.options.sums.as_ref(),
         };
         let mut first_row = 0;
-        for batch in reader {
+        let mut reader = reader;
+        while let Some(batch) = reader.next() {
             let batch = batch.map_err(|e| decode_failure(shard, &self.plan, unit.row_group, e))?;
+            let count =
+                if reader.reading_pages() { &self.counts.pages } else { &self.counts.parquet };
+            count.fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
             let mut block = self.pool.take();
             block.seq = seq;
             decoder.decode(&batch, first_row, &mut block)?;
@@ -312,30 +372,134 @@ impl Worker {
     }
 }
 
+/// The record batches of one row group: read from its pages where [`PlainPages`] can, by the
+/// parquet crate's reader otherwise, and by that reader from the first row not yet returned when
+/// the page path meets a page it does not read.
+pub(crate) struct RowGroupBatches<'a> {
+    shard: &'a Shard,
+    plan: &'a ColumnPlan,
+    row_group: usize,
+    batch_rows: usize,
+    source: BatchSource,
+}
+
+enum BatchSource {
+    Pages(PlainPages),
+    Arrow(ParquetRecordBatchReader),
+    Done,
+}
+
+impl RowGroupBatches<'_> {
+    /// Whether the batches come from the page path (still, or up to the end of the row group).
+    fn reading_pages(&self) -> bool {
+        !matches!(self.source, BatchSource::Arrow(_))
+    }
+}
+
+impl Iterator for RowGroupBatches<'_> {
+    type Item = std::result::Result<RecordBatch, ArrowError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            match &mut self.source {
+                BatchSource::Pages(pages) => match pages.next_batch() {
+                    Ok(Some(batch)) => return Some(Ok(batch)),
+                    Ok(None) => self.source = BatchSource::Done,
+                    Err(Unsupported) => {
+                        let (shard, plan) = (self.shard, self.plan);
+                        let skip = shard.row_group_rows(self.row_group) - pages.rows_left();
+                        tracing::debug!(
+                            "{} row group {}: pages not plain f32, read by the parquet crate \
+                             from row {skip}",
+                            shard.path.display(),
+                            self.row_group
+                        );
+                        match open_arrow_row_group(
+                            shard,
+                            plan,
+                            self.row_group,
+                            self.batch_rows,
+                            skip,
+                        ) {
+                            Ok(reader) => self.source = BatchSource::Arrow(reader),
+                            Err(e) => {
+                                self.source = BatchSource::Done;
+                                return Some(Err(ArrowError::ExternalError(Box::new(e))));
+                            }
+                        }
+                    }
+                },
+                BatchSource::Arrow(reader) => return reader.next(),
+                BatchSource::Done => return None,
+            }
+        }
+    }
+}
+
 /// Opens a reader of one row group with the plan's columns only.
-pub(crate) fn open_row_group(
+pub(crate) fn open_row_group<'a>(
+    shard: &'a Shard,
+    plan: &'a ColumnPlan,
+    row_group: usize,
+    batch_rows: usize,
+    decoder: Decoding,
+) -> Result<RowGroupBatches<'a>> {
+    let pages = match (decoder, shard.io) {
+        (Decoding::Arrow, _) => None,
+        (Decoding::Pages, IoMode::Mmap) => {
+            PlainPages::open(shard, plan, row_group, batch_rows, Arc::new(shard.map()?))
+        }
+        (Decoding::Pages, IoMode::Read) => {
+            let file = File::open(&shard.path).map_err(|e| Error::io(&shard.path, "open", e))?;
+            PlainPages::open(shard, plan, row_group, batch_rows, Arc::new(file))
+        }
+    };
+    let source = match pages {
+        Some(pages) => BatchSource::Pages(pages),
+        None => BatchSource::Arrow(open_arrow_row_group(shard, plan, row_group, batch_rows, 0)?),
+    };
+    Ok(RowGroupBatches { shard, plan, row_group, batch_rows, source })
+}
+
+/// The parquet crate's reader of one row group with the plan's columns only, from row `skip`.
+fn open_arrow_row_group(
     shard: &Shard,
     plan: &ColumnPlan,
     row_group: usize,
     batch_rows: usize,
+    skip: usize,
 ) -> Result<ParquetRecordBatchReader> {
     let mask = plan.projection(shard);
+    let rows = shard.row_group_rows(row_group);
+    let selection = (skip > 0).then(|| {
+        RowSelection::from(vec![RowSelector::skip(skip), RowSelector::select(rows - skip)])
+    });
     let built = match shard.io {
         IoMode::Mmap => {
-            ParquetRecordBatchReaderBuilder::new_with_metadata(shard.map()?, shard.meta.clone())
-                .with_projection(mask)
-                .with_row_groups(vec![row_group])
-                .with_batch_size(batch_rows)
-                .build()
+            let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(
+                shard.map()?,
+                shard.meta.clone(),
+            )
+            .with_projection(mask)
+            .with_row_groups(vec![row_group])
+            .with_batch_size(batch_rows);
+            match selection {
+                Some(selection) => builder.with_row_selection(selection).build(),
+                None => builder.build(),
+            }
         }
         IoMode::Read => {
             // The parquet crate's `File` reader seeks a shared handle, so each reader opens its own.
             let file = File::open(&shard.path).map_err(|e| Error::io(&shard.path, "open", e))?;
-            ParquetRecordBatchReaderBuilder::new_with_metadata(file, shard.meta.clone())
-                .with_projection(mask)
-                .with_row_groups(vec![row_group])
-                .with_batch_size(batch_rows)
-                .build()
+            let builder =
+                ParquetRecordBatchReaderBuilder::new_with_metadata(file, shard.meta.clone())
+                    .with_projection(mask)
+                    .with_row_groups(vec![row_group])
+                    .with_batch_size(batch_rows);
+            match selection {
+                Some(selection) => builder.with_row_selection(selection).build(),
+                None => builder.build(),
+            }
         }
     };
     built.map_err(|e| Error::Decode {
@@ -361,7 +525,7 @@ fn decode_failure(
 ) -> Error {
     let culprit = plan.read_columns().find(|&name| {
         let single = ColumnPlan::single(name);
-        match open_row_group(shard, &single, row_group, DEFAULT_BLOCK_ROWS) {
+        match open_arrow_row_group(shard, &single, row_group, DEFAULT_BLOCK_ROWS, 0) {
             Ok(reader) => reader.into_iter().any(|b| b.is_err()),
             Err(_) => true,
         }

@@ -29,7 +29,7 @@ use crate::decode::{OnInvalid, Part, Split};
 use crate::error::{Error, Result};
 use crate::kernel;
 use crate::model::LineageEntry;
-use crate::reader::{BlockStream, BlockSums, DEFAULT_BLOCK_ROWS, ReadOptions};
+use crate::reader::{BlockStream, BlockSums, DEFAULT_BLOCK_ROWS, Decoding, ReadOptions};
 use crate::reduce::{self, LocalReducer, NormalSums, Reducer, Scratch};
 use crate::schedule::Schedule;
 use crate::shuffle::BATCH_QUEUE;
@@ -252,6 +252,7 @@ impl TrainConfig {
             transform: standardization.map(|s| Arc::new(s.affine())),
             split,
             sums: None,
+            decoder: Decoding::default(),
         }
     }
 

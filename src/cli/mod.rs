@@ -16,7 +16,7 @@ use slope::decode::OnInvalid;
 use slope::evaluate::{self, Metrics};
 use slope::generate::{self, GenerateConfig};
 use slope::model::Model;
-use slope::reader::{BlockStream, DEFAULT_BLOCK_ROWS, ReadOptions};
+use slope::reader::{BlockStream, DEFAULT_BLOCK_ROWS, Decoding, ReadOptions};
 use slope::train;
 
 const AFTER_HELP: &str = "\
@@ -81,6 +81,17 @@ struct ReadArgs {
     /// Rows holding a null, NaN or infinity in a chosen column: fail, or drop and count them.
     #[arg(long, value_enum, default_value_t = InvalidArg::Error, value_name = "ACTION")]
     on_invalid: InvalidArg,
+    /// Which Parquet reader decodes row groups: `pages` reads plain f32 columns straight from
+    /// their pages and hands everything else to the parquet crate's reader; `arrow` uses the
+    /// parquet crate's record-batch reader throughout. Both give the same values.
+    #[arg(long, value_enum, default_value_t = DecoderArg::Pages, value_name = "READER")]
+    decoder: DecoderArg,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum DecoderArg {
+    Pages,
+    Arrow,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, Serialize, Deserialize)]
@@ -133,6 +144,10 @@ impl ReadArgs {
             transform: None,
             split: None,
             sums: None,
+            decoder: match self.decoder {
+                DecoderArg::Pages => Decoding::Pages,
+                DecoderArg::Arrow => Decoding::Arrow,
+            },
         })
     }
 }
@@ -429,6 +444,7 @@ fn scan_cmd(a: ScanArgs) -> Result<()> {
         bar.inc((block.rows + block.skipped) as u64);
         recycle.give(block);
     }
+    let decoded = stream.decoded_rows();
     drop(stream);
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64().max(1e-9);
@@ -441,19 +457,32 @@ fn scan_cmd(a: ScanArgs) -> Result<()> {
             "rows": rows, "skipped": skipped, "features": plan.d, "seconds": secs,
             "rows_per_sec": rate, "decoded_gb_per_sec": gbs, "threads": options.workers,
             "io": dataset.io.to_string(), "file_bytes": dataset.bytes(), "checksum": checksum,
+            "rows_from_pages": decoded.pages, "rows_from_parquet_reader": decoded.parquet,
         });
         writeln!(out, "{json}")?;
     } else {
         writeln!(
             out,
             "scanned {rows} rows × {} columns in {secs:.3}s: {rate:.0} rows/s, {gbs:.2} GB/s decoded \
-             (threads {}, io {})",
+             (threads {}, io {}, {})",
             plan.d + 1,
             options.workers,
-            dataset.io
+            dataset.io,
+            describe_decoded(decoded)
         )?;
     }
     Ok(())
+}
+
+/// Which reader decoded the rows, for `scan`'s summary.
+fn describe_decoded(decoded: slope::reader::DecodedRows) -> String {
+    match (decoded.pages, decoded.parquet) {
+        (_, 0) => "all from plain pages".to_string(),
+        (0, _) => "all by the parquet crate's reader".to_string(),
+        (pages, parquet) => {
+            format!("{pages} rows from plain pages, {parquet} by the parquet crate's reader")
+        }
+    }
 }
 
 fn generate_cmd(a: GenerateArgs) -> Result<()> {
