@@ -58,7 +58,10 @@ def configs(slope, data, threads):
     train = os.path.join(data, "train")
     model = os.path.join(data, "bench-model.json")
     common = ["--target", "y", "--threads", str(threads)]
-    out = [("scan", [slope, "scan", train] + common)]
+    # Two floors: slope's own reader (plain f32 pages read straight), and the parquet crate's
+    # record-batch reader, the floor as issue 4 defines it.
+    out = [("scan", [slope, "scan", train] + common),
+           ("scan-parquet", [slope, "scan", train, "--decoder", "arrow"] + common)]
     for algo, extra in [("minibatch", ["--batch-size", "1024"]), ("batch", []),
                         ("normal", []), ("sgd", [])]:
         cmd = [slope, "train", train] + common + ["--algo", algo, "--epochs", "1",
@@ -108,7 +111,7 @@ def main():
                     runs.append(rec)
                     with open(runs_path, "a") as f:
                         f.write(json.dumps(rec) + "\n")
-                    print(f"{size} t{threads} {name:9s} {wall:7.3f}s {rss:8.1f} MiB", flush=True)
+                    print(f"{size} t{threads} {name:12s} {wall:7.3f}s {rss:8.1f} MiB", flush=True)
 
     # Summarise every run recorded so far, so that sizes measured in separate invocations (the
     # large one takes long) land in one table.
@@ -137,9 +140,13 @@ def summarise(runs):
                     "peak_rss_mib": max(r["peak_rss_mib"] for r in rs),
                     "bound_mib": rs[0]["bound_mib"]})
     floor = {(s["size"], s["threads"]): s["wall_median_s"] for s in out if s["config"] == "scan"}
+    parquet = {(s["size"], s["threads"]): s["wall_median_s"] for s in out
+               if s["config"] == "scan-parquet"}
     for s in out:
         s["rows_per_s"] = s["rows"] / s["wall_median_s"]
         s["x_floor"] = s["wall_median_s"] / floor[(s["size"], s["threads"])]
+        base = parquet.get((s["size"], s["threads"]))
+        s["x_parquet_floor"] = s["wall_median_s"] / base if base else None
     one = {(s["size"], s["config"]): s["wall_median_s"] for s in out if s["threads"] == 1}
     for s in out:
         base = one.get((s["size"], s["config"]))
@@ -148,17 +155,18 @@ def summarise(runs):
 
 
 def render(summary):
-    lines = ["| rows | threads | run | wall s (median, min–max) | rows/s | × floor | × 1 thread "
-             "| peak RSS MiB | printed bound MiB |",
-             "|---:|---:|---|---|---:|---:|---:|---:|---:|"]
-    order = {"scan": 0, "minibatch": 1, "batch": 2, "normal": 3, "sgd": 4}
+    lines = ["| rows | threads | run | wall s (median, min–max) | rows/s | × floor | × parquet floor "
+             "| × 1 thread | peak RSS MiB | printed bound MiB |",
+             "|---:|---:|---|---|---:|---:|---:|---:|---:|---:|"]
+    order = {"scan": 0, "scan-parquet": 1, "minibatch": 2, "batch": 3, "normal": 4, "sgd": 5}
     for s in sorted(summary, key=lambda s: (s["rows"], s["threads"], order[s["config"]])):
         speed = f"{s['speedup_vs_1_thread']:.2f}" if s["speedup_vs_1_thread"] else "—"
         bound = f"{s['bound_mib']:.1f}" if s["bound_mib"] else "—"
+        pq = f"{s['x_parquet_floor']:.2f}" if s.get("x_parquet_floor") else "—"
         lines.append(
             f"| {s['rows']:,} | {s['threads']} | {s['config']} | {s['wall_median_s']:.3f} "
             f"({s['wall_min_s']:.3f}–{s['wall_max_s']:.3f}) | {s['rows_per_s'] / 1e6:.2f} M "
-            f"| {s['x_floor']:.2f} | {speed} | {s['peak_rss_mib']:.0f} | {bound} |")
+            f"| {s['x_floor']:.2f} | {pq} | {speed} | {s['peak_rss_mib']:.0f} | {bound} |")
     return "\n".join(lines) + "\n"
 
 
@@ -172,7 +180,7 @@ def plot(summary, results):
         return
     threads = max(s["threads"] for s in summary)
     sizes = sorted({s["rows"] for s in summary})
-    configs = ["scan", "minibatch", "batch", "normal", "sgd"]
+    configs = ["scan-parquet", "scan", "minibatch", "batch", "normal", "sgd"]
     fig, ax = plt.subplots(figsize=(8, 4.5))
     width = 0.8 / len(sizes)
     for i, rows in enumerate(sizes):
@@ -181,7 +189,7 @@ def plot(summary, results):
                 for c in configs]
         ax.bar([k + i * width for k in range(len(configs))], vals, width, label=f"{rows:,} rows")
     ax.set_xticks([k + width * (len(sizes) - 1) / 2 for k in range(len(configs))])
-    ax.set_xticklabels(["scan (floor)"] + configs[1:])
+    ax.set_xticklabels(["scan, parquet\ncrate's reader", "scan (floor)"] + configs[2:])
     ax.set_ylabel("million rows / s (one epoch)")
     ax.set_title(f"slope, 64 features, {threads} threads: each algorithm against the decode floor")
     ax.legend()

@@ -304,6 +304,29 @@ fn scan_decodes_every_row_and_counts_skipped_ones() {
     assert_eq!((json["rows"].as_u64(), json["skipped"].as_u64()), (Some(79), Some(1)));
 }
 
+#[test]
+fn scan_says_which_reader_decoded_the_rows() {
+    // The fixtures mix integers, doubles and lists: the parquet crate's reader reads them.
+    let stdout = run_ok(&["scan", TRAIN, "--target", "y", "--exclude", "id"]);
+    assert!(stdout.trim_end().ends_with("all by the parquet crate's reader)"), "{stdout}");
+    // Generated shards hold plain floats, read from their pages unless told otherwise.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let generate = ["generate", "--rows", "3000", "--features", "4", "--shards", "2", "--out"];
+    run_ok(&[&generate[..], &[path_arg(&data)]].concat());
+    let train = data.join("train");
+    let scan = ["scan", path_arg(&train), "--target", "y"];
+    let stdout = run_ok(&scan);
+    assert!(stdout.trim_end().ends_with("all from plain pages)"), "{stdout}");
+    let counts = |extra: &[&str]| {
+        let json: Value = serde_json::from_str(&run_ok(&[&scan[..], &["--json"], extra].concat()))
+            .expect("scan --json prints JSON");
+        (json["rows_from_pages"].as_u64(), json["rows_from_parquet_reader"].as_u64())
+    };
+    assert_eq!(counts(&[]), (Some(3000), Some(0)));
+    assert_eq!(counts(&["--decoder", "arrow"]), (Some(0), Some(3000)));
+}
+
 /// A run that must fail: the command, and the exact error line it must print.
 struct Failure {
     input: &'static str,
@@ -559,7 +582,10 @@ fn each_subcommand_help_lists_its_flags() {
         ("evaluate", &["--json", "--threads", "--io", "--on-invalid"]),
         ("predict", &["--out", "--keep", "--threads", "--io", "--on-invalid"]),
         ("inspect", &["--json"]),
-        ("scan", &["--target", "--features", "--exclude", "--json", "--threads", "--io"]),
+        (
+            "scan",
+            &["--target", "--features", "--exclude", "--json", "--threads", "--io", "--decoder"],
+        ),
         ("generate", &["--rows", "--features", "--shards", "--noise", "--seed", "--out"]),
     ];
     for (command, flags) in flags {
