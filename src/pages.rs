@@ -25,13 +25,14 @@
 
 use std::sync::Arc;
 
+use std::fs::File;
+
 use arrow_array::{ArrayRef, Float32Array, RecordBatch};
-use arrow_buffer::{Buffer, ScalarBuffer};
+use arrow_buffer::{Buffer, MutableBuffer, ScalarBuffer};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use bytes::Bytes;
-use parquet::basic::{Encoding, Type as PhysicalType};
+use parquet::basic::{Compression, Encoding, Type as PhysicalType};
 use parquet::column::page::{Page, PageReader};
-use parquet::file::reader::ChunkReader;
 use parquet::file::serialized_reader::SerializedPageReader;
 
 use crate::dataset::{ColumnPlan, Shard};
@@ -51,11 +52,11 @@ pub(crate) struct PlainPages {
 
 /// One column chunk's pages and the position in the current one.
 struct ColumnPages {
-    pages: Box<dyn PageReader>,
+    pages: Pages,
     /// Whether the column is optional, so that its pages start with definition levels.
     optional: bool,
     /// The current page's bytes.
-    page: Bytes,
+    page: Buffer,
     /// Byte offset of the next value in `page`.
     at: usize,
     /// Values left in `page`.
@@ -64,13 +65,13 @@ struct ColumnPages {
 
 impl PlainPages {
     /// The reader of `row_group`'s chosen columns, or `None` when the footer says this path
-    /// cannot read them (step 1). `source` holds the whole file.
-    pub fn open<R: ChunkReader + 'static>(
+    /// cannot read them (step 1).
+    pub fn open(
         shard: &Shard,
         plan: &ColumnPlan,
         row_group: usize,
         batch_rows: usize,
-        source: Arc<R>,
+        source: &Source,
     ) -> Option<PlainPages> {
         if !plan.keep.is_empty() || batch_rows == 0 {
             return None;
@@ -101,11 +102,31 @@ impl PlainPages {
             if !plain {
                 return None;
             }
-            let pages = SerializedPageReader::new(source.clone(), chunk, rows, None).ok()?;
+            let pages = match (source, chunk.compression()) {
+                (Source::Mapped(map), Compression::SNAPPY | Compression::UNCOMPRESSED) => {
+                    let (start, len) = chunk.byte_range();
+                    let range = usize::try_from(start).ok()?..usize::try_from(start + len).ok()?;
+                    if range.end > map.len() {
+                        return None;
+                    }
+                    Pages::Mapped(MappedPages {
+                        chunk: map.slice(range),
+                        at: 0,
+                        snappy: chunk.compression() == Compression::SNAPPY,
+                        decoder: snap::raw::Decoder::new(),
+                    })
+                }
+                (Source::Mapped(map), _) => Pages::Parquet(Box::new(
+                    SerializedPageReader::new(Arc::new(map.clone()), chunk, rows, None).ok()?,
+                )),
+                (Source::Read(file), _) => Pages::Parquet(Box::new(
+                    SerializedPageReader::new(Arc::clone(file), chunk, rows, None).ok()?,
+                )),
+            };
             columns.push(ColumnPages {
-                pages: Box::new(pages),
+                pages,
                 optional: descr.max_def_level() == 1,
-                page: Bytes::new(),
+                page: Buffer::default(),
                 at: 0,
                 left: 0,
             });
@@ -146,8 +167,7 @@ impl ColumnPages {
         let start = self.at;
         let aligned = self.page[start..].as_ptr().align_offset(align_of::<f32>()) == 0;
         if self.left >= n && aligned {
-            let values =
-                ScalarBuffer::new(Buffer::from(self.page.slice(start..start + bytes)), 0, n);
+            let values = ScalarBuffer::new(self.page.slice_with_length(start, bytes), 0, n);
             self.at += bytes;
             self.left -= n;
             return Ok(Arc::new(Float32Array::new(values, None)));
@@ -170,79 +190,452 @@ impl ColumnPages {
     /// Moves to the next data page that holds values, checking that it is one this path reads.
     fn next_page(&mut self) -> Result<(), Unsupported> {
         loop {
-            let page = self.pages.get_next_page().map_err(|_| Unsupported)?.ok_or(Unsupported)?;
-            let (buf, values, offset) = match page {
-                Page::DataPage { buf, num_values, encoding, def_level_encoding, .. } => {
-                    if encoding != Encoding::PLAIN {
-                        return Err(Unsupported);
-                    }
-                    let values = num_values as usize;
-                    let offset = if self.optional {
-                        if def_level_encoding != Encoding::RLE {
-                            return Err(Unsupported);
-                        }
-                        let len = buf.get(..4).ok_or(Unsupported)?;
-                        let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
-                        let levels = buf.get(4..4 + len).ok_or(Unsupported)?;
-                        if !all_defined(levels, values) {
-                            return Err(Unsupported);
-                        }
-                        4 + len
-                    } else {
-                        0
-                    };
-                    (buf, values, offset)
-                }
-                Page::DataPageV2 {
-                    buf,
-                    num_values,
-                    encoding,
-                    num_nulls,
-                    def_levels_byte_len,
-                    rep_levels_byte_len,
-                    ..
-                } => {
-                    if encoding != Encoding::PLAIN || num_nulls != 0 {
-                        return Err(Unsupported);
-                    }
-                    let offset = def_levels_byte_len as usize + rep_levels_byte_len as usize;
-                    (buf, num_values as usize, offset)
-                }
-                Page::DictionaryPage { .. } => return Err(Unsupported),
+            let spent = std::mem::take(&mut self.page);
+            let page = match &mut self.pages {
+                Pages::Parquet(pages) => parquet_page(pages.as_mut(), self.optional)?,
+                Pages::Mapped(pages) => pages.next(self.optional, spent)?,
             };
-            if buf.len() < offset + values * size_of::<f32>() {
+            if page.buf.len() != page.offset + page.values * size_of::<f32>() {
+                // Fewer bytes than values: some are null after all (or the page is damaged).
                 return Err(Unsupported);
             }
-            if values > 0 {
-                (self.page, self.at, self.left) = (buf, offset, values);
+            if page.values > 0 {
+                (self.page, self.at, self.left) = (page.buf, page.offset, page.values);
                 return Ok(());
             }
         }
     }
 }
 
-/// Whether the first `n` definition levels, RLE/bit-packed hybrid with bit width 1, are all 1:
-/// no value of the page is null.
+/// Where a row group's bytes come from.
+pub(crate) enum Source {
+    /// The whole file, memory-mapped: snappy and uncompressed column chunks are read by
+    /// [`MappedPages`], others by the parquet crate's page reader over the map.
+    Mapped(Bytes),
+    /// A file handle of this worker's own, for the parquet crate's page reader.
+    Read(Arc<File>),
+}
+
+/// A column chunk's pages, from one of two page readers.
+enum Pages {
+    /// The parquet crate's page reader, which decompresses each page into a new, zeroed buffer.
+    Parquet(Box<dyn PageReader>),
+    /// slope's own, for mapped snappy or uncompressed chunks.
+    Mapped(MappedPages),
+}
+
+/// A data page as this path needs it: its values are `values` `f32`s at byte `offset` of `buf`.
+struct PlainPage {
+    buf: Buffer,
+    offset: usize,
+    values: usize,
+}
+
+/// The next data page from the parquet crate's page reader.
+fn parquet_page(pages: &mut dyn PageReader, optional: bool) -> Result<PlainPage, Unsupported> {
+    let page = pages.get_next_page().map_err(|_| Unsupported)?.ok_or(Unsupported)?;
+    match page {
+        Page::DataPage { buf, num_values, encoding, def_level_encoding, .. } => {
+            if encoding != Encoding::PLAIN || (optional && def_level_encoding != Encoding::RLE) {
+                return Err(Unsupported);
+            }
+            let values = num_values as usize;
+            let offset = if optional { defined_levels_end(&buf, values)? } else { 0 };
+            Ok(PlainPage { buf: Buffer::from(buf), offset, values })
+        }
+        Page::DataPageV2 {
+            buf,
+            num_values,
+            encoding,
+            num_nulls,
+            def_levels_byte_len,
+            rep_levels_byte_len,
+            ..
+        } => {
+            if encoding != Encoding::PLAIN || num_nulls != 0 {
+                return Err(Unsupported);
+            }
+            let offset = def_levels_byte_len as usize + rep_levels_byte_len as usize;
+            let levels = buf.get(..offset).ok_or(Unsupported)?;
+            if !v2_levels_defined(
+                levels,
+                def_levels_byte_len as usize,
+                num_values as usize,
+                optional,
+            ) {
+                return Err(Unsupported);
+            }
+            Ok(PlainPage { buf: Buffer::from(buf), offset, values: num_values as usize })
+        }
+        Page::DictionaryPage { .. } => Err(Unsupported),
+    }
+}
+
+/// Where the values of a version-1 data page of an optional column start, after its
+/// definition levels (a 4-byte length, then the RLE/bit-packed hybrid), if none is null.
+fn defined_levels_end(page: &[u8], values: usize) -> Result<usize, Unsupported> {
+    let len = page.get(..4).ok_or(Unsupported)?;
+    let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+    let levels = page.get(4..4 + len).ok_or(Unsupported)?;
+    if !all_defined(levels, values) {
+        return Err(Unsupported);
+    }
+    Ok(4 + len)
+}
+
+/// Whether a version-2 data page's `levels` (its repetition levels, then `def_len` bytes of
+/// definition levels, neither with a length prefix) say that all `values` are defined: no
+/// repetition levels, since the column is flat, and definition levels that [`all_defined`]
+/// accepts, or none for a required column. The header's count of no nulls is not taken on
+/// trust alone: the parquet crate's reader decodes these levels, and must not be the only one
+/// to notice that they are damaged.
+fn v2_levels_defined(levels: &[u8], def_len: usize, values: usize, optional: bool) -> bool {
+    match levels.len().checked_sub(def_len) {
+        Some(0) if optional => all_defined(levels, values),
+        Some(0) => def_len == 0,
+        _ => false,
+    }
+}
+
+/// The pages of a memory-mapped snappy or uncompressed column chunk, read without the parquet
+/// crate's page reader. That reader decompresses every page into a new buffer that it first
+/// zeroes (`perf`: 8 % of a scan's CPU, and as much again in the kernel's zeroing of the fresh
+/// pages those buffers land on); this one decompresses into the column's previous page buffer
+/// whenever no array still holds it, which on this path is every time but the first, since a
+/// worker drops each batch before it asks for the next. Uncompressed pages are the map itself.
+struct MappedPages {
+    /// The column chunk's bytes: page headers and pages, back to back.
+    chunk: Bytes,
+    /// Offset of the next page header in `chunk`.
+    at: usize,
+    snappy: bool,
+    decoder: snap::raw::Decoder,
+}
+
+impl MappedPages {
+    /// The next data page; `spent` is the buffer of the page before, reused if no one holds it.
+    fn next(&mut self, optional: bool, spent: Buffer) -> Result<PlainPage, Unsupported> {
+        loop {
+            let rest = self.chunk.get(self.at..).filter(|r| !r.is_empty()).ok_or(Unsupported)?;
+            let (header, header_len) = PageHeader::parse(rest).ok_or(Unsupported)?;
+            let body_start = self.at + header_len;
+            let body_len = usize::try_from(header.compressed_size).map_err(|_| Unsupported)?;
+            if body_start + body_len > self.chunk.len() {
+                return Err(Unsupported);
+            }
+            let body = self.chunk.slice(body_start..body_start + body_len);
+            let size = usize::try_from(header.uncompressed_size).map_err(|_| Unsupported)?;
+            self.at = body_start + body_len;
+            match header.kind {
+                PageKind::Data => {
+                    if header.encoding != ENCODING_PLAIN
+                        || (optional && header.def_encoding != ENCODING_RLE)
+                    {
+                        return Err(Unsupported);
+                    }
+                    let buf = self.decompress(body, size, self.snappy, spent)?;
+                    let values = usize::try_from(header.num_values).map_err(|_| Unsupported)?;
+                    let offset = if optional { defined_levels_end(&buf, values)? } else { 0 };
+                    return Ok(PlainPage { buf, offset, values });
+                }
+                PageKind::DataV2 => {
+                    let levels = usize::try_from(header.def_levels_len + header.rep_levels_len)
+                        .map_err(|_| Unsupported)?;
+                    if header.encoding != ENCODING_PLAIN || header.num_nulls != 0 {
+                        return Err(Unsupported);
+                    }
+                    // The levels are stored uncompressed before the values; once checked, only
+                    // the values are kept, from offset 0.
+                    let values_size = size.checked_sub(levels).ok_or(Unsupported)?;
+                    let values = usize::try_from(header.num_values).map_err(|_| Unsupported)?;
+                    let stored_levels = body.get(..levels).ok_or(Unsupported)?;
+                    if !v2_levels_defined(
+                        stored_levels,
+                        header.def_levels_len as usize,
+                        values,
+                        optional,
+                    ) {
+                        return Err(Unsupported);
+                    }
+                    let compressed = self.snappy && header.v2_compressed;
+                    let buf =
+                        self.decompress(body.slice(levels..), values_size, compressed, spent)?;
+                    return Ok(PlainPage { buf, offset: 0, values });
+                }
+                PageKind::Dictionary => return Err(Unsupported),
+                // Index pages, and page types this reader does not know, hold no values.
+                PageKind::Other => {}
+            }
+        }
+    }
+
+    /// The `size` bytes that `stored` holds: `stored` itself, a slice of the map, when it is not
+    /// `compressed`, else `spent`'s memory refilled by snappy.
+    fn decompress(
+        &mut self,
+        stored: Bytes,
+        size: usize,
+        compressed: bool,
+        spent: Buffer,
+    ) -> Result<Buffer, Unsupported> {
+        if !compressed {
+            if stored.len() != size {
+                return Err(Unsupported);
+            }
+            return Ok(Buffer::from(stored));
+        }
+        let mut memory = spent.into_mutable().unwrap_or_else(|_| MutableBuffer::new(size));
+        if memory.len() < size {
+            // Only memory never written before is zeroed, the first page of each column.
+            memory.resize(size, 0);
+        }
+        let written = self
+            .decoder
+            .decompress(&stored, &mut memory.as_slice_mut()[..size])
+            .map_err(|_| Unsupported)?;
+        if written != size {
+            return Err(Unsupported);
+        }
+        Ok(Buffer::from(memory).slice_with_length(0, size))
+    }
+}
+
+const ENCODING_PLAIN: i32 = 0;
+const ENCODING_RLE: i32 = 3;
+
+#[derive(Debug, Default, PartialEq, Eq)]
+enum PageKind {
+    Data,
+    DataV2,
+    Dictionary,
+    #[default]
+    Other,
+}
+
+/// The fields of a Parquet `PageHeader` that [`MappedPages`] needs (the parquet crate keeps its
+/// own reader of them private), read from Thrift's compact protocol; every other field is
+/// skipped whatever its type.
+#[derive(Debug, Default)]
+struct PageHeader {
+    kind: PageKind,
+    uncompressed_size: i32,
+    compressed_size: i32,
+    num_values: i32,
+    encoding: i32,
+    def_encoding: i32,
+    rep_encoding: i32,
+    num_nulls: i32,
+    def_levels_len: i32,
+    rep_levels_len: i32,
+    v2_compressed: bool,
+}
+
+impl PageHeader {
+    /// The header at the start of `bytes` and its length, or `None` if it does not parse or
+    /// lacks a field that the format requires (the parquet crate rejects such a header too).
+    fn parse(bytes: &[u8]) -> Option<(PageHeader, usize)> {
+        let mut r = Compact { bytes, at: 0 };
+        let mut h = PageHeader { v2_compressed: true, ..PageHeader::default() };
+        // Bit `i` set: required field `i` seen, in the header and in its data page header.
+        let (mut seen, mut data_seen) = (0u32, 0u32);
+        let mut last = 0;
+        while let Some((kind, id)) = r.field(&mut last)? {
+            match (id, kind) {
+                (1, I32) => {
+                    h.kind = match r.i32()? {
+                        0 => PageKind::Data,
+                        2 => PageKind::Dictionary,
+                        3 => PageKind::DataV2,
+                        _ => PageKind::Other,
+                    }
+                }
+                (2, I32) => h.uncompressed_size = r.i32()?,
+                (3, I32) => h.compressed_size = r.i32()?,
+                (5, STRUCT) => {
+                    let mut last = 0;
+                    while let Some((kind, id)) = r.field(&mut last)? {
+                        match (id, kind) {
+                            (1, I32) => h.num_values = r.i32()?,
+                            (2, I32) => h.encoding = r.i32()?,
+                            (3, I32) => h.def_encoding = r.i32()?,
+                            (4, I32) => h.rep_encoding = r.i32()?,
+                            _ => r.skip(kind, 0)?,
+                        }
+                        data_seen |= required(id, kind, 1..=4);
+                    }
+                }
+                (8, STRUCT) => {
+                    let mut last = 0;
+                    while let Some((kind, id)) = r.field(&mut last)? {
+                        match (id, kind) {
+                            (1, I32) => h.num_values = r.i32()?,
+                            (2, I32) => h.num_nulls = r.i32()?,
+                            (4, I32) => h.encoding = r.i32()?,
+                            (5, I32) => h.def_levels_len = r.i32()?,
+                            (6, I32) => h.rep_levels_len = r.i32()?,
+                            (7, TRUE) => h.v2_compressed = true,
+                            (7, FALSE) => h.v2_compressed = false,
+                            _ => r.skip(kind, 0)?,
+                        }
+                        data_seen |= required(id, kind, 1..=6);
+                    }
+                }
+                _ => r.skip(kind, 0)?,
+            }
+            seen |= required(id, kind, 1..=3);
+        }
+        let complete = seen == 0b1110
+            && match h.kind {
+                PageKind::Data => data_seen == 0b1_1110 && known_encoding(h.rep_encoding),
+                PageKind::DataV2 => data_seen == 0b111_1110,
+                _ => true,
+            };
+        let sane = h.def_levels_len >= 0 && h.rep_levels_len >= 0;
+        (complete && sane).then_some((h, r.at))
+    }
+}
+
+/// The bit that marks field `id` as seen, if it is one of the `required` `i32` fields.
+fn required(id: i16, kind: u8, required: std::ops::RangeInclusive<i16>) -> u32 {
+    if kind == I32 && required.contains(&id) { 1 << id } else { 0 }
+}
+
+/// Whether `encoding` names one of the format's encodings.
+fn known_encoding(encoding: i32) -> bool {
+    (0..=9).contains(&encoding)
+}
+
+// Thrift compact protocol type codes.
+const TRUE: u8 = 1;
+const FALSE: u8 = 2;
+const I32: u8 = 5;
+const STRUCT: u8 = 12;
+
+/// A reader of Thrift's compact protocol, as far as page headers need it.
+struct Compact<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl Compact<'_> {
+    fn byte(&mut self) -> Option<u8> {
+        let b = *self.bytes.get(self.at)?;
+        self.at += 1;
+        Some(b)
+    }
+
+    fn varint(&mut self) -> Option<u64> {
+        let (value, used) = uleb128(self.bytes.get(self.at..)?)?;
+        self.at += used;
+        Some(value)
+    }
+
+    fn i32(&mut self) -> Option<i32> {
+        let v = self.varint()?;
+        i32::try_from((v >> 1) as i64 ^ -((v & 1) as i64)).ok()
+    }
+
+    /// The next field's type and id, `None` at the end of the struct (`Some` wraps parse
+    /// success). `last` is the previous field's id, from which ids are deltas.
+    fn field(&mut self, last: &mut i16) -> Option<Option<(u8, i16)>> {
+        let b = self.byte()?;
+        if b == 0 {
+            return Some(None);
+        }
+        let delta = i16::from(b >> 4);
+        let id = if delta == 0 {
+            let v = self.varint()?;
+            i16::try_from((v >> 1) as i64 ^ -((v & 1) as i64)).ok()?
+        } else {
+            last.checked_add(delta)?
+        };
+        *last = id;
+        Some(Some((b & 0x0F, id)))
+    }
+
+    /// Skips one element of a list, set or map: as [`Compact::skip`], except that a boolean
+    /// element, unlike a boolean field, takes a byte.
+    fn skip_element(&mut self, kind: u8, depth: usize) -> Option<()> {
+        if kind == TRUE || kind == FALSE { self.byte().map(drop) } else { self.skip(kind, depth) }
+    }
+
+    /// Skips one field's value of type `kind`; `depth` bounds the nesting of damaged input.
+    fn skip(&mut self, kind: u8, depth: usize) -> Option<()> {
+        if depth > 16 {
+            return None;
+        }
+        match kind {
+            // A boolean field's value is its type code.
+            TRUE | FALSE => {}
+            3 => self.at += 1,
+            4..=6 => {
+                self.varint()?;
+            }
+            7 => self.at += 8,
+            8 => {
+                let len = usize::try_from(self.varint()?).ok()?;
+                self.at = self.at.checked_add(len)?;
+            }
+            9 | 10 => {
+                let head = self.byte()?;
+                let len = match head >> 4 {
+                    15 => usize::try_from(self.varint()?).ok()?,
+                    n => usize::from(n),
+                };
+                for _ in 0..len {
+                    self.skip_element(head & 0x0F, depth + 1)?;
+                }
+            }
+            11 => {
+                let len = self.varint()?;
+                if len > 0 {
+                    let types = self.byte()?;
+                    for _ in 0..len {
+                        self.skip_element(types >> 4, depth + 1)?;
+                        self.skip_element(types & 0x0F, depth + 1)?;
+                    }
+                }
+            }
+            STRUCT => {
+                let mut last = 0;
+                while let Some((kind, _)) = self.field(&mut last)? {
+                    self.skip(kind, depth + 1)?;
+                }
+            }
+            _ => return None,
+        }
+        (self.at <= self.bytes.len()).then_some(())
+    }
+}
+
+/// Whether `levels`, exactly `n` definition levels in the RLE/bit-packed hybrid with bit width
+/// 1, are all 1: no value of the page is null. Levels that say more or fewer than `n` values, or
+/// bytes after them, are not trusted: the parquet crate's reader gets the page and its verdict.
 fn all_defined(levels: &[u8], n: usize) -> bool {
     let mut seen = 0usize;
     let mut rest = levels;
     while seen < n {
         let Some((header, used)) = uleb128(rest) else { return false };
         rest = &rest[used..];
-        let count = (header >> 1) as usize;
+        let Ok(count) = usize::try_from(header >> 1) else { return false };
         if header & 1 == 0 {
             // A run of `count` copies of one value, stored in one byte.
             let Some((&value, tail)) = rest.split_first() else { return false };
-            if value != 1 && count > 0 {
+            if count > n - seen || (value != 1 && count > 0) {
                 return false;
             }
             rest = tail;
-            seen = seen.saturating_add(count);
+            seen += count;
         } else {
-            // `count` groups of eight bit-packed values, one byte each; bits past `n` are padding.
+            // `count` groups of eight bit-packed values, one byte each; the last group's bits
+            // past `n` are padding.
             let Some(groups) = rest.get(..count) else { return false };
-            let wanted = (n - seen).min(count * 8);
-            let (full, partial) = (wanted / 8, wanted % 8);
+            let wanted = n - seen;
+            if count == 0 || count > wanted.div_ceil(8) {
+                return false;
+            }
+            let full = (count * 8).min(wanted) / 8;
+            let partial = (count * 8).min(wanted) % 8;
             if groups[..full].iter().any(|&b| b != 0xFF) {
                 return false;
             }
@@ -250,10 +643,10 @@ fn all_defined(levels: &[u8], n: usize) -> bool {
                 return false;
             }
             rest = &rest[count..];
-            seen += count * 8;
+            seen = (seen + count * 8).min(n);
         }
     }
-    true
+    rest.is_empty()
 }
 
 /// An unsigned LEB128 number and the bytes it took.
@@ -284,8 +677,13 @@ mod tests {
         // Bit-packed: two groups, all set for the 13 values asked, padding bits ignored.
         assert!(all_defined(&[2 << 1 | 1, 0xFF, 0b0001_1111], 13));
         assert!(!all_defined(&[2 << 1 | 1, 0xFF, 0b0001_0111], 13));
-        // Levels that end before the page's values do are not trusted.
+        // Levels that end before the page's values do are not trusted, nor levels that run
+        // past them or bytes after them.
         assert!(!all_defined(&[5 << 1, 1], 6));
+        assert!(!all_defined(&[7 << 1, 1], 6));
+        assert!(!all_defined(&[3 << 1 | 1, 0xFF, 0xFF, 0xFF], 13));
+        assert!(!all_defined(&[6 << 1, 1, 0], 6));
+        assert!(all_defined(&[6 << 1, 1], 6));
         assert!(!all_defined(&[], 1));
         assert!(all_defined(&[], 0));
     }

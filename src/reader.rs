@@ -34,7 +34,7 @@ use parquet::arrow::arrow_reader::{
 use crate::dataset::{ColumnPlan, Dataset, IoMode, Shard, Unit};
 use crate::decode::{Affine, Block, Decoder, OnInvalid, Split};
 use crate::error::{Error, Result};
-use crate::pages::{PlainPages, Unsupported};
+use crate::pages::{PlainPages, Source, Unsupported};
 
 /// Bytes of decoded blocks each worker may queue ahead of the consumer.
 ///
@@ -429,7 +429,15 @@ impl Iterator for RowGroupBatches<'_> {
                         }
                     }
                 },
-                BatchSource::Arrow(reader) => return reader.next(),
+                BatchSource::Arrow(reader) => {
+                    return match in_parquet_crate(|| reader.next()) {
+                        Ok(next) => next,
+                        Err(panic) => {
+                            self.source = BatchSource::Done;
+                            Some(Err(ArrowError::ParquetError(panic)))
+                        }
+                    };
+                }
                 BatchSource::Done => return None,
             }
         }
@@ -447,11 +455,11 @@ pub(crate) fn open_row_group<'a>(
     let pages = match (decoder, shard.io) {
         (Decoding::Arrow, _) => None,
         (Decoding::Pages, IoMode::Mmap) => {
-            PlainPages::open(shard, plan, row_group, batch_rows, Arc::new(shard.map()?))
+            PlainPages::open(shard, plan, row_group, batch_rows, &Source::Mapped(shard.map()?))
         }
         (Decoding::Pages, IoMode::Read) => {
             let file = File::open(&shard.path).map_err(|e| Error::io(&shard.path, "open", e))?;
-            PlainPages::open(shard, plan, row_group, batch_rows, Arc::new(file))
+            PlainPages::open(shard, plan, row_group, batch_rows, &Source::Read(Arc::new(file)))
         }
     };
     let source = match pages {
@@ -526,7 +534,9 @@ fn decode_failure(
     let culprit = plan.read_columns().find(|&name| {
         let single = ColumnPlan::single(name);
         match open_arrow_row_group(shard, &single, row_group, DEFAULT_BLOCK_ROWS, 0) {
-            Ok(reader) => reader.into_iter().any(|b| b.is_err()),
+            Ok(reader) => {
+                in_parquet_crate(|| reader.into_iter().any(|b| b.is_err())).unwrap_or(true)
+            }
             Err(_) => true,
         }
     });
@@ -535,4 +545,43 @@ fn decode_failure(
         None => describe_columns(plan),
     };
     Error::Decode { path: shard.path.clone(), row_group, columns, source: Box::new(error) }
+}
+
+thread_local! {
+    /// Whether this thread is inside [`in_parquet_crate`].
+    static IN_PARQUET_CRATE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f`, a call into the parquet crate's reader, and turns a panic in it into an error
+/// message. That reader panics on some damaged bytes that its checks miss (arrow-buffer's bit
+/// utilities, on a definition-level run longer than its page: found by `tests/pages.rs`'s byte
+/// sweep), and a damaged file must fail like any other, naming its shard and row group, rather
+/// than as a lost worker.
+fn in_parquet_crate<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    IN_PARQUET_CRATE.with(|flag| flag.set(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    IN_PARQUET_CRATE.with(|flag| flag.set(false));
+    result.map_err(|payload| {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".into());
+        format!("the parquet crate's reader panicked: {message}")
+    })
+}
+
+/// Keeps the panic hook quiet about the panics that [`in_parquet_crate`] turns into errors, so
+/// that a damaged file's only message is its one-line error; every other panic is reported as
+/// before. For binaries: the hook is the process's.
+pub fn quiet_parquet_crate_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !IN_PARQUET_CRATE.with(std::cell::Cell::get) {
+                previous(info);
+            }
+        }));
+    });
 }

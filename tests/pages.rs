@@ -75,6 +75,16 @@ fn read(
     decoder: Decoding,
     workers: usize,
 ) -> (Vec<Vec<u32>>, DecodedRows) {
+    try_read(path, io, decoder, workers).unwrap()
+}
+
+/// As [`read`], or the first error the stream reports.
+fn try_read(
+    path: &Path,
+    io: IoMode,
+    decoder: Decoding,
+    workers: usize,
+) -> Result<(Vec<Vec<u32>>, DecodedRows), String> {
     let dataset = Arc::new(Dataset::open(&[path.to_str().unwrap()], io).unwrap());
     let selection = ColumnSelection { target: Some("y".into()), ..Default::default() };
     let plan = Arc::new(ColumnPlan::resolve(&dataset, &selection).unwrap());
@@ -89,13 +99,13 @@ fn read(
         BlockStream::start(Arc::clone(&dataset), plan, dataset.units(), &options).unwrap();
     let mut blocks = Vec::new();
     for block in &mut stream {
-        let block = block.unwrap();
+        let block = block.map_err(|e| e.to_string())?;
         let mut bits = vec![block.rows as u32, block.skipped as u32];
         bits.extend(block.x.iter().chain(&block.y).map(|v| v.to_bits()));
         blocks.push(bits);
     }
     let counts = stream.decoded_rows();
-    (blocks, counts)
+    Ok((blocks, counts))
 }
 
 /// Reads `layout` through both paths, both I/O modes and one or two workers, demands the same
@@ -165,6 +175,19 @@ fn uncompressed_and_version_two_pages_are_read_from_their_pages() {
 }
 
 #[test]
+fn page_headers_with_statistics_are_read_from_their_pages() {
+    // Statistics in every page header: a nested struct of binary and integer fields that slope's
+    // own header reader must step over to find the next page.
+    let with_statistics = props().set_write_page_header_statistics(true).build();
+    all_from_pages(same_blocks(Layout {
+        nullable: true,
+        ints: false,
+        null_at: None,
+        props: with_statistics,
+    }));
+}
+
+#[test]
 fn dictionaries_other_types_and_counted_nulls_go_to_the_parquet_crate() {
     let dictionary = props().set_dictionary_enabled(true).build();
     let counts =
@@ -195,4 +218,52 @@ fn a_null_that_the_footer_does_not_count_hands_the_rest_of_its_row_group_over() 
     assert!(handed_over > 0 && handed_over < 400, "{counts:?}");
     assert_eq!((400 - handed_over) % 64, 0, "{counts:?}");
     assert!(800 - handed_over <= 700, "{counts:?}");
+}
+
+#[test]
+fn damaged_pages_give_what_the_parquet_crate_gives_and_never_a_panic() {
+    // Bytes of the first column chunk's first pages (headers, levels, values), one at a time,
+    // inverted. slope's own page-header reader and snappy decoding see each damaged file first;
+    // whatever they accept must be what the parquet crate's reader reads from the same bytes,
+    // and whatever they reject is handed to it.
+    slope::reader::quiet_parquet_crate_panics();
+    let layouts = [
+        (false, props().build()),
+        (true, props().build()),
+        (true, props().set_writer_version(WriterVersion::PARQUET_2_0).build()),
+        (false, props().set_write_page_header_statistics(true).build()),
+    ];
+    for (nullable, props) in layouts {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data.parquet");
+        write(&path, &Layout { nullable, ints: false, null_at: None, props });
+        let clean = std::fs::read(&path).unwrap();
+        let (mut agreed, mut failed) = (0, 0);
+        // Every byte of the first page's header and levels, then every fifth to past the next
+        // page's header.
+        for at in (4..64).chain((64..500).step_by(5)) {
+            let mut damaged = clean.clone();
+            damaged[at] ^= 0xFF;
+            std::fs::write(&path, &damaged).unwrap();
+            let parquet = try_read(&path, IoMode::Read, Decoding::Arrow, 1);
+            for io in [IoMode::Mmap, IoMode::Read] {
+                let pages = try_read(&path, io, Decoding::Pages, 1);
+                match (&pages, &parquet) {
+                    (Ok((a, _)), Ok((b, _))) => {
+                        assert!(a == b, "byte {at}, {io}: the two readers read different values");
+                        agreed += 1;
+                    }
+                    (Err(_), Err(_)) => failed += 1,
+                    _ => panic!(
+                        "byte {at} ({io}, nullable {nullable}): one reader failed, the other did \
+                         not: pages {:?}, parquet {:?}",
+                        pages.as_ref().map(|(_, counts)| counts),
+                        parquet.as_ref().map(|(_, counts)| counts)
+                    ),
+                }
+            }
+        }
+        // The sweep reached both outcomes: damage that decodes (values) and damage that does not.
+        assert!(agreed > 0 && failed > 0, "{agreed} agreed, {failed} failed");
+    }
 }
