@@ -152,7 +152,8 @@ fn write_broken(dir: &Path) -> Result<()> {
     }
     write_parquet(&dir.join("constant.parquet"), &full, &groups)?;
 
-    write_corrupt_page(&dir.join("corrupt_page.parquet"), &full, &good())
+    write_corrupt_page(&dir.join("corrupt_page.parquet"), &full, &good())?;
+    write_damaged_levels(&dir.join("damaged_levels.parquet"), &full, &good())
 }
 
 /// One row group's values, column by column, before they become Arrow arrays. Keeping them in
@@ -337,6 +338,65 @@ fn write_corrupt_page(path: &Path, schema: &SchemaRef, groups: &[Rows]) -> Resul
     bytes[start..start + CORRUPT_BYTES].fill(0xFF);
     fs::write(path, &bytes)?;
     check_only_group_fails(path, CORRUPT_ROW_GROUP)
+}
+
+/// The row group and column whose definition levels `damaged_levels.parquet` damages.
+const DAMAGED_LEVELS_ROW_GROUP: usize = 1;
+const DAMAGED_LEVELS_COLUMN: &str = "b";
+/// The start of that page's definition levels as written: a 4-byte length of 2, then one RLE
+/// run (header `40 << 1`) of the value 1, for the 40 rows of the row group.
+const LEVELS: [u8; 6] = [2, 0, 0, 0, (BROKEN_GROUP_ROWS as u8) << 1, 1];
+/// The run header it is replaced with: 40 bit-packed groups (320 levels) in a 2-byte block.
+const DAMAGED_RUN: u8 = ((BROKEN_GROUP_ROWS as u8) << 1) | 1;
+
+/// Writes a good file, then rewrites the definition-level run of one page so that it claims more
+/// levels than the page holds. The page is snappy-compressed, but its first bytes are a literal
+/// in the compressed stream, so the levels can be found and changed in place without breaking
+/// it. The parquet crate's reader panics on this page (in arrow-buffer's bit utilities) rather
+/// than returning an error; slope must still report it as one line naming the row group.
+fn write_damaged_levels(path: &Path, schema: &SchemaRef, groups: &[Rows]) -> Result<()> {
+    let mut bytes = parquet_bytes(schema, groups)?;
+    let reader = SerializedFileReader::new(bytes::Bytes::from(bytes.clone()))?;
+    let chunk = reader
+        .metadata()
+        .row_group(DAMAGED_LEVELS_ROW_GROUP)
+        .columns()
+        .iter()
+        .find(|c| c.column_path().string() == DAMAGED_LEVELS_COLUMN)
+        .ok_or("the damaged column is not in the file")?
+        .clone();
+    let start = usize::try_from(chunk.data_page_offset())?;
+    let near = &bytes[start..(start + 64).min(bytes.len())];
+    let at = start
+        + near
+            .windows(LEVELS.len())
+            .position(|w| w == LEVELS)
+            .ok_or("the definition levels are not where a literal would hold them")?;
+    bytes[at + 4] = DAMAGED_RUN;
+    fs::write(path, &bytes)?;
+    // Read back: row group 0 decodes, and row group 1 makes the parquet crate panic.
+    let decodes = |group: usize| {
+        let bytes = bytes::Bytes::from(bytes.clone());
+        std::panic::catch_unwind(move || -> Result<bool> {
+            let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)?
+                .with_row_groups(vec![group])
+                .build()?;
+            Ok(reader.into_iter().all(|batch| batch.is_ok()))
+        })
+    };
+    let quiet = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let (good, bad) = (decodes(0), decodes(DAMAGED_LEVELS_ROW_GROUP));
+    std::panic::set_hook(quiet);
+    match (good, bad) {
+        (Ok(Ok(true)), Err(_)) => Ok(()),
+        (good, bad) => Err(format!(
+            "{}: row group 0 decodes: {good:?}; row group 1 panics: {}",
+            path.display(),
+            bad.is_err()
+        )
+        .into()),
+    }
 }
 
 /// Checks that of `path`'s row groups, exactly `bad` fails to decode.

@@ -17,6 +17,7 @@ mod exit {
 
 fn main() -> ExitCode {
     keep_freed_memory();
+    slope::reader::quiet_parquet_crate_panics();
     let args = match <cli::Args as clap::Parser>::try_parse() {
         Ok(args) => args,
         Err(e) => {
