@@ -18,7 +18,7 @@ use divan::Bencher;
 use divan::counter::{BytesCount, ItemsCount};
 use slope::dataset::{ColumnPlan, ColumnSelection, Dataset, IoMode};
 use slope::generate::{GenerateConfig, generate};
-use slope::reader::{BlockStream, ReadOptions};
+use slope::reader::{BlockStream, Decoding, ReadOptions};
 use slope::train::{self, Algorithm, Silent, TrainConfig};
 use tempfile::TempDir;
 
@@ -98,25 +98,39 @@ fn decoded_bytes(rows: u64) -> u64 {
     rows * (FEATURES as u64 + 1) * size_of::<f32>() as u64
 }
 
-/// One decode case: how many worker threads, and how the shards' bytes are read.
+/// One decode case: how many worker threads, how the shards' bytes are read, and which reader
+/// turns row groups into record batches (slope's page path, or the parquet crate's reader).
 #[derive(Clone, Copy, Debug)]
 struct ReadCase {
     workers: usize,
     io: IoMode,
+    decoder: Decoding,
 }
 
 impl fmt::Display for ReadCase {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "workers={} io={}", self.workers, self.io)
+        let decoder = match self.decoder {
+            Decoding::Pages => "pages",
+            Decoding::Arrow => "arrow",
+        };
+        write!(f, "workers={} io={} decoder={decoder}", self.workers, self.io)
     }
 }
 
-const READ_CASES: [ReadCase; 4] = [
-    ReadCase { workers: 1, io: IoMode::Mmap },
-    ReadCase { workers: 1, io: IoMode::Read },
-    ReadCase { workers: 2, io: IoMode::Mmap },
-    ReadCase { workers: 2, io: IoMode::Read },
-];
+const READ_CASES: [ReadCase; 8] = {
+    use Decoding::{Arrow, Pages};
+    use IoMode::{Mmap, Read};
+    [
+        ReadCase { workers: 1, io: Mmap, decoder: Pages },
+        ReadCase { workers: 1, io: Mmap, decoder: Arrow },
+        ReadCase { workers: 1, io: Read, decoder: Pages },
+        ReadCase { workers: 1, io: Read, decoder: Arrow },
+        ReadCase { workers: 2, io: Mmap, decoder: Pages },
+        ReadCase { workers: 2, io: Mmap, decoder: Arrow },
+        ReadCase { workers: 2, io: Read, decoder: Pages },
+        ReadCase { workers: 2, io: Read, decoder: Arrow },
+    ]
+};
 
 /// Opens the dataset, resolves the plan and decodes every row group, as `slope scan` does.
 /// Returns the rows decoded and the sum of the targets, which makes the pass reach every value.
@@ -141,7 +155,8 @@ fn scan(train: &str, io: IoMode, options: &ReadOptions) -> (u64, f64) {
 #[divan::bench(args = READ_CASES, sample_count = SAMPLES)]
 fn decode_pass(bencher: Bencher, case: ReadCase) {
     let (train, rows) = dataset();
-    let options = ReadOptions { workers: case.workers, ..ReadOptions::default() };
+    let options =
+        ReadOptions { workers: case.workers, decoder: case.decoder, ..ReadOptions::default() };
     bencher
         .counter(ItemsCount::new(rows))
         .counter(BytesCount::new(decoded_bytes(rows)))
