@@ -27,9 +27,11 @@ use std::thread::JoinHandle;
 use arrow_array::RecordBatch;
 use arrow_schema::ArrowError;
 use crossbeam_channel::{Receiver, Sender, bounded};
+use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{
     ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder, RowSelection, RowSelector,
 };
+use parquet::file::reader::ChunkReader;
 
 use crate::dataset::{ColumnPlan, Dataset, IoMode, Shard, Unit};
 use crate::decode::{Affine, Block, Decoder, OnInvalid, Split};
@@ -71,7 +73,8 @@ pub struct ReadOptions {
 
 /// Which reader turns a row group into record batches. Both give the same batches, value for
 /// value and row for row; they differ in speed and in what they can read.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Decoding {
     /// Plain `f32` columns straight from their pages ([`crate::pages`]) wherever the footer
     /// allows, the parquet crate's record-batch reader for everything else.
@@ -483,31 +486,12 @@ fn open_arrow_row_group(
         RowSelection::from(vec![RowSelector::skip(skip), RowSelector::select(rows - skip)])
     });
     let built = match shard.io {
-        IoMode::Mmap => {
-            let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(
-                shard.map()?,
-                shard.meta.clone(),
-            )
-            .with_projection(mask)
-            .with_row_groups(vec![row_group])
-            .with_batch_size(batch_rows);
-            match selection {
-                Some(selection) => builder.with_row_selection(selection).build(),
-                None => builder.build(),
-            }
-        }
+        IoMode::Mmap => build_reader(shard.map()?, shard, mask, row_group, batch_rows, selection),
         IoMode::Read => {
-            // The parquet crate's `File` reader seeks a shared handle, so each reader opens its own.
+            // The parquet crate's `File` reader seeks a shared handle, so each reader opens its
+            // own.
             let file = File::open(&shard.path).map_err(|e| Error::io(&shard.path, "open", e))?;
-            let builder =
-                ParquetRecordBatchReaderBuilder::new_with_metadata(file, shard.meta.clone())
-                    .with_projection(mask)
-                    .with_row_groups(vec![row_group])
-                    .with_batch_size(batch_rows);
-            match selection {
-                Some(selection) => builder.with_row_selection(selection).build(),
-                None => builder.build(),
-            }
+            build_reader(file, shard, mask, row_group, batch_rows, selection)
         }
     };
     built.map_err(|e| Error::Decode {
@@ -516,6 +500,25 @@ fn open_arrow_row_group(
         columns: describe_columns(plan),
         source: Box::new(e),
     })
+}
+
+/// The parquet crate's reader of `row_group`'s `mask` columns from `input`, the shard's bytes.
+fn build_reader<T: ChunkReader + 'static>(
+    input: T,
+    shard: &Shard,
+    mask: ProjectionMask,
+    row_group: usize,
+    batch_rows: usize,
+    selection: Option<RowSelection>,
+) -> parquet::errors::Result<ParquetRecordBatchReader> {
+    let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(input, shard.meta.clone())
+        .with_projection(mask)
+        .with_row_groups(vec![row_group])
+        .with_batch_size(batch_rows);
+    match selection {
+        Some(selection) => builder.with_row_selection(selection).build(),
+        None => builder.build(),
+    }
 }
 
 fn describe_columns(plan: &ColumnPlan) -> String {
