@@ -135,6 +135,10 @@ pub struct TrainConfig {
     pub shuffle: bool,
     pub shuffle_buffer: usize,
     pub on_invalid: OnInvalid,
+    /// Which reader decodes row groups. Both give the same values, so the result does not
+    /// depend on it (like `threads`); kept for a resumed run all the same.
+    #[serde(default)]
+    pub decoder: Decoding,
     pub block_rows: usize,
     /// Hold out this fraction of the training rows for validation (0 for none), chosen by a
     /// hash of each row's position: the same rows in every epoch and after every resume.
@@ -170,6 +174,7 @@ impl TrainConfig {
             shuffle: true,
             shuffle_buffer: DEFAULT_SHUFFLE_BUFFER,
             on_invalid: OnInvalid::Error,
+            decoder: Decoding::default(),
             block_rows: DEFAULT_BLOCK_ROWS,
             validation_fraction: 0.0,
             early_stopping: None,
@@ -252,7 +257,7 @@ impl TrainConfig {
             transform: standardization.map(|s| Arc::new(s.affine())),
             split,
             sums: None,
-            decoder: Decoding::default(),
+            decoder: self.decoder,
         }
     }
 

@@ -327,6 +327,17 @@ fn scan_says_which_reader_decoded_the_rows() {
     };
     assert_eq!(counts(&[]), (Some(3000), Some(0)));
     assert_eq!(counts(&["--decoder", "arrow"]), (Some(0), Some(3000)));
+    // Training gives the same model through either reader.
+    let model = |decoder: &str| {
+        let path = dir.path().join(format!("{decoder}.json"));
+        let flags = ["--target", "y", "--epochs", "2", "--decoder", decoder, "--model"];
+        run_ok(&[&["train", path_arg(&train)][..], &flags, &[path_arg(&path)]].concat());
+        let json: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        (json["weights"].clone(), json["bias"].clone())
+    };
+    let (pages, arrow) = (model("pages"), model("arrow"));
+    assert!(pages.0.as_array().is_some_and(|w| w.len() == 4), "{pages:?}");
+    assert_eq!(pages, arrow);
 }
 
 /// A run that must fail: the command, and the exact error line it must print.
@@ -589,10 +600,11 @@ fn each_subcommand_help_lists_its_flags() {
                 "--threads",
                 "--io",
                 "--on-invalid",
+                "--decoder",
             ],
         ),
-        ("evaluate", &["--json", "--threads", "--io", "--on-invalid"]),
-        ("predict", &["--out", "--keep", "--threads", "--io", "--on-invalid"]),
+        ("evaluate", &["--json", "--threads", "--io", "--on-invalid", "--decoder"]),
+        ("predict", &["--out", "--keep", "--threads", "--io", "--on-invalid", "--decoder"]),
         ("inspect", &["--json"]),
         (
             "scan",

@@ -88,7 +88,8 @@ struct ReadArgs {
     decoder: DecoderArg,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
+#[derive(Clone, Copy, Debug, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 enum DecoderArg {
     Pages,
     Arrow,
@@ -144,11 +145,17 @@ impl ReadArgs {
             transform: None,
             split: None,
             sums: None,
-            decoder: match self.decoder {
-                DecoderArg::Pages => Decoding::Pages,
-                DecoderArg::Arrow => Decoding::Arrow,
-            },
+            decoder: self.decoder.decoding(),
         })
+    }
+}
+
+impl DecoderArg {
+    fn decoding(self) -> Decoding {
+        match self {
+            DecoderArg::Pages => Decoding::Pages,
+            DecoderArg::Arrow => Decoding::Arrow,
+        }
     }
 }
 

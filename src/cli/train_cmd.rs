@@ -26,7 +26,7 @@ use slope::train::{
     TrainOutcome, WarmStart,
 };
 
-use super::{InvalidArg, IoArg, check_output_folder, progress};
+use super::{DecoderArg, InvalidArg, IoArg, check_output_folder, progress};
 
 /// Flags of `slope train`; also the shape of a `--config` file.
 #[derive(ClapArgs, Debug, Default, Clone, Serialize, Deserialize)]
@@ -112,6 +112,12 @@ pub struct TrainArgs {
     /// [default: error].
     #[arg(long, value_enum, value_name = "ACTION")]
     on_invalid: Option<InvalidArg>,
+    /// Which Parquet reader decodes row groups: `pages` (plain f32 columns straight from their
+    /// pages, everything else by the parquet crate's reader) or `arrow` (the parquet crate's
+    /// record-batch reader throughout). Both give the same values and the same model
+    /// [default: pages].
+    #[arg(long, value_enum, value_name = "READER")]
+    decoder: Option<DecoderArg>,
     /// Write checkpoints to this folder: at each epoch end, and as --checkpoint-every and
     /// --checkpoint-interval say.
     #[arg(long, value_name = "DIR")]
@@ -204,6 +210,7 @@ impl TrainArgs {
             threads: self.threads.or(file.threads),
             io: self.io.or(file.io),
             on_invalid: self.on_invalid.or(file.on_invalid),
+            decoder: self.decoder.or(file.decoder),
             checkpoint_dir: self.checkpoint_dir.or(file.checkpoint_dir),
             checkpoint_every: self.checkpoint_every.or(file.checkpoint_every),
             checkpoint_interval: self.checkpoint_interval.or(file.checkpoint_interval),
@@ -284,6 +291,7 @@ impl TrainArgs {
             Some(InvalidArg::Skip) => OnInvalid::Skip,
             _ => OnInvalid::Error,
         };
+        c.decoder = self.decoder.unwrap_or(DecoderArg::Pages).decoding();
         c.validation_fraction = self.validation_fraction.unwrap_or(0.0);
         if self.early_stopping {
             if self.validation.is_empty() && self.validation_fraction.is_none() {
@@ -327,6 +335,7 @@ impl TrainArgs {
             threads: Some(c.threads),
             io: Some(self.io.unwrap_or(IoArg::Mmap)),
             on_invalid: Some(self.on_invalid.unwrap_or(InvalidArg::Error)),
+            decoder: Some(self.decoder.unwrap_or(DecoderArg::Pages)),
             validation_fraction: (c.validation_fraction > 0.0).then_some(c.validation_fraction),
             patience: c.early_stopping.map(|e| e.patience),
             min_delta: c.early_stopping.map(|e| e.min_delta),
