@@ -21,6 +21,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{Receiver, Sender, bounded};
 
 use crate::dataset::Unit;
+use crate::decode::Block;
 use crate::error::{Error, Result};
 use crate::reader::BlockStream;
 use crate::rng::Rng;
@@ -335,10 +336,10 @@ pub enum ShuffleOn {
     /// Its own thread, `slope-shuffle`, which fills batches while the trainer computes: with
     /// cores to spare, shuffling then overlaps training.
     OwnThread,
-    /// The consumer's thread, a block at a time, when it asks for a batch. On a machine with as
-    /// few cores as decode workers, a separate shuffler only competes with them for the same
-    /// cores, and every batch costs a hand-off between threads; here the batch is still in the
-    /// cache when the trainer reads it.
+    /// The consumer's thread, a batch's worth of rows at a time, when it asks for a batch. On a
+    /// machine with as few cores as decode workers, a separate shuffler only competes with them
+    /// for the same cores, and every batch costs a hand-off between threads; here the batch is
+    /// still in the cache when the trainer reads it.
     Caller,
 }
 
@@ -364,7 +365,8 @@ impl ShuffleOn {
 ///    the drop joins the thread.
 ///
 /// On the caller's thread ([`ShuffleOn::Caller`]) the same buffer, with the same random draws,
-/// takes one block whenever no full batch is waiting, so both give the same batches.
+/// takes a batch's worth of rows from the current block whenever no full batch is waiting, so
+/// both give the same batches.
 pub struct BatchStream {
     source: Source,
     spare: Sender<Batch>,
@@ -416,6 +418,7 @@ impl BatchStream {
                 spares,
                 filling: None,
                 ready: std::collections::VecDeque::new(),
+                block: None,
                 batch_rows,
                 d,
                 skipped: 0,
@@ -485,8 +488,10 @@ struct InlineShuffler {
     spares: Receiver<Batch>,
     /// The batch being filled, carried from one block to the next.
     filling: Option<Batch>,
-    /// Full batches not yet handed out (at most a block's worth).
+    /// Full batches not yet handed out (at most one).
     ready: std::collections::VecDeque<Batch>,
+    /// The block being fed to the buffer, and how many of its rows have been.
+    block: Option<(Block, usize)>,
     batch_rows: usize,
     d: usize,
     skipped: u64,
@@ -525,12 +530,27 @@ impl InlineShuffler {
                 }
                 continue;
             }
+            // A block is fed a batch's worth of rows at a time, so that each batch reaches the
+            // trainer while it is still in this core's cache, and the one or two batches in
+            // use stay there; the rows and their order are the same as feeding whole blocks.
+            if let Some((block, fed)) = &mut self.block {
+                let end = block.rows.min(*fed + rows);
+                let (x, y) = (&block.x[*fed * d..end * d], &block.y[*fed..end]);
+                let Ok(()) = self.buffer.push_rows(x, y, &mut writer);
+                *fed = end;
+                self.filling = Some(writer.into_batch());
+                if end == block.rows
+                    && let Some((block, _)) = self.block.take()
+                {
+                    self.recycle.give(block);
+                }
+                continue;
+            }
             match self.blocks.next() {
                 Some(Ok(block)) => {
                     self.skipped += block.skipped as u64;
-                    let Ok(()) = self.buffer.push_rows(&block.x, &block.y, &mut writer);
+                    self.block = Some((block, 0));
                     self.filling = Some(writer.into_batch());
-                    self.recycle.give(block);
                 }
                 Some(Err(e)) => {
                     self.ended = true;
