@@ -339,8 +339,12 @@ impl MappedPages {
                     return Ok(PlainPage { buf, offset, values });
                 }
                 PageKind::DataV2 => {
-                    let levels = usize::try_from(header.def_levels_len + header.rep_levels_len)
-                        .map_err(|_| Unsupported)?;
+                    // Damaged lengths may overflow an `i32` when added.
+                    let levels = header
+                        .def_levels_len
+                        .checked_add(header.rep_levels_len)
+                        .and_then(|n| usize::try_from(n).ok())
+                        .ok_or(Unsupported)?;
                     if header.encoding != ENCODING_PLAIN || header.num_nulls != 0 {
                         return Err(Unsupported);
                     }
@@ -686,5 +690,45 @@ mod tests {
         assert!(all_defined(&[6 << 1, 1], 6));
         assert!(!all_defined(&[], 1));
         assert!(all_defined(&[], 0));
+    }
+
+    /// A Thrift compact `i32` field header and its zigzag varint value.
+    fn i32_field(delta: u8, value: i32, out: &mut Vec<u8>) {
+        out.push(delta << 4 | I32);
+        let mut v = ((value << 1) ^ (value >> 31)) as u32 as u64;
+        loop {
+            let byte = (v & 0x7F) as u8;
+            v >>= 7;
+            if v == 0 {
+                out.push(byte);
+                break;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+
+    #[test]
+    fn version_two_level_lengths_that_overflow_are_not_read() {
+        // A version-2 data page header whose two level lengths add up past `i32::MAX`.
+        let mut page = Vec::new();
+        i32_field(1, 3, &mut page); // type: DATA_PAGE_V2
+        i32_field(1, 8, &mut page); // uncompressed size
+        i32_field(1, 8, &mut page); // compressed size
+        page.push(5 << 4 | STRUCT); // field 8: the data page header
+        for value in [2, 0, 2, 0, i32::MAX, i32::MAX] {
+            // values, nulls, rows, encoding, definition and repetition level lengths
+            i32_field(1, value, &mut page);
+        }
+        page.extend_from_slice(&[0, 0]);
+        let (header, len) = PageHeader::parse(&page).expect("the header parses");
+        assert_eq!((header.kind, len), (PageKind::DataV2, page.len()));
+        page.extend_from_slice(&[0; 8]);
+        let mut pages = MappedPages {
+            chunk: Bytes::from(page),
+            at: 0,
+            snappy: false,
+            decoder: snap::raw::Decoder::new(),
+        };
+        assert!(pages.next(true, Buffer::default()).is_err());
     }
 }

@@ -340,7 +340,7 @@ impl Worker {
     /// Decodes one row group and sends its blocks; `Ok(false)` when the consumer has gone.
     fn read_unit(&self, seq: usize, unit: Unit) -> Result<bool> {
         let shard = &self.dataset.shards[unit.shard];
-        let reader = open_row_group(
+        let mut reader = open_row_group(
             shard,
             &self.plan,
             unit.row_group,
@@ -357,7 +357,6 @@ impl Worker {
             sums: self.options.sums.as_ref(),
         };
         let mut first_row = 0;
-        let mut reader = reader;
         while let Some(batch) = reader.next() {
             let batch = batch.map_err(|e| decode_failure(shard, &self.plan, unit.row_group, e))?;
             let count =
