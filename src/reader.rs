@@ -50,9 +50,13 @@ pub const QUEUE_BYTES: usize = 32 << 20;
 /// The fewest blocks a worker may queue, whatever their size.
 const MIN_QUEUE_BLOCKS: usize = 2;
 
-/// Default rows per decoded block. The parquet crate decodes fastest with batches of 4k–16k rows;
-/// smaller blocks pay per-batch overhead, larger ones fall out of cache.
-pub const DEFAULT_BLOCK_ROWS: usize = 8192;
+/// Default rows per decoded block. 4,096 rows of 64 `f32` features are 1 MiB, which stays in a
+/// core's L2 cache while the worker transposes, standardises, checks and sums the block, and
+/// while the consumer reads it. Against 8,192 rows (10M rows, 2 threads, alternated runs) that
+/// cut the user CPU of `scan` by 12 % and of a `batch` epoch by 12 %. Smaller blocks make the
+/// parquet crate's reader pay its per-batch overhead more often: at 2,048 rows its scan was
+/// slower again.
+pub const DEFAULT_BLOCK_ROWS: usize = 4096;
 
 /// How a stream reads.
 #[derive(Clone, Debug)]
