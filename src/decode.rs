@@ -165,7 +165,7 @@ impl Decoder<'_> {
         let mut y_done = 0;
         // Runs of eight plain `f32` columns at adjacent offsets (the common case) are transposed
         // eight at a time, a 32-byte row segment per store; the rest column by column. Either
-        // way a few rows at a time, so that the rows being written stay in L1 cache while every
+        // way a tile of rows at a time, so that the rows being written stay in cache while every
         // column adds its values, instead of each column sweeping the whole block.
         let (groups, rest) = f32_groups(&arrays, plan);
         // Each group's value slices, looked up once per block: a downcast per column and tile
@@ -181,7 +181,7 @@ impl Decoder<'_> {
             })
             .collect();
         // Whether any feature may be NaN or infinite, swept tile by tile while the tile is in
-        // L1 cache; a sweep of the whole block afterwards would read it back from memory.
+        // cache; a sweep of the whole block afterwards would read it back from further away.
         let mut x_suspect = false;
         let mut x_checked = rows;
         for start in (0..rows).step_by(TRANSPOSE_ROWS) {
@@ -202,7 +202,7 @@ impl Decoder<'_> {
                 x_suspect = true;
                 x_checked = range.start;
             }
-            // Standardised here, while the tile is in L1, rather than by a sweep of the block.
+            // Standardised here, while the tile is in cache, rather than by a sweep of the block.
             // The tiles before a suspect one held only finite values.
             if let (Some(affine), false) = (self.transform, x_suspect) {
                 affine.apply(tile);
@@ -552,8 +552,12 @@ fn any_non_finite(v: &[f32]) -> bool {
     v.iter().fold(false, |acc, x| acc | !x.is_finite())
 }
 
-/// Rows transposed together: 64 rows of 64 features are 16 KiB, well inside L1 cache.
-const TRANSPOSE_ROWS: usize = 64;
+/// Rows transposed together. 512 rows of 64 features are 128 KiB, inside L2 cache. Each tile
+/// reads a 2 KiB run of every column, long enough for the hardware prefetcher to follow all 64
+/// columns at once. The earlier 64-row tiles (16 KiB, inside L1) read 256 bytes a column, and the
+/// column loads stalled: against them, 512 rows cut the user CPU of `scan` by 8–15 % and of
+/// every training algorithm by 3–5 % (10M rows, 2 threads, alternated runs), with the same bits.
+const TRANSPOSE_ROWS: usize = 512;
 
 /// Rows per call of [`BlockSums::add`] while decoding: the kernels' chunk, so that summing as
 /// the rows are decoded cuts the block where summing it afterwards would.
