@@ -135,6 +135,23 @@ impl Dataset {
         groups.map(|rg| rg.compressed_size().max(0) as u64).max().unwrap_or(0)
     }
 
+    /// The largest row group's uncompressed size in the columns `plan` reads. A worker holds the
+    /// current decompressed page of each of those columns, and no page is larger than its column
+    /// chunk, so this bounds the pages it holds at once. Writers often store a column chunk as
+    /// one page (pyarrow's 1 MiB default page holds a 131,072-row `f32` chunk), and then a
+    /// worker holds all of it.
+    pub fn max_decoded_row_group_bytes(&self, plan: &ColumnPlan) -> u64 {
+        let per_row_group = self.shards.iter().flat_map(|shard| {
+            let mask = plan.projection(shard);
+            shard.meta.metadata().row_groups().iter().map(move |rg| {
+                let chunks = rg.columns().iter().enumerate();
+                let chosen = chunks.filter(|(leaf, _)| mask.leaf_included(*leaf));
+                chosen.map(|(_, chunk)| chunk.uncompressed_size().max(0) as u64).sum::<u64>()
+            })
+        });
+        per_row_group.max().unwrap_or(0)
+    }
+
     /// Memory held by every shard's parsed footer.
     pub fn metadata_bytes(&self) -> u64 {
         self.shards.iter().map(|s| s.meta.metadata().memory_size() as u64).sum()

@@ -292,10 +292,12 @@ impl TrainConfig {
             }
             _ => 0,
         };
-        // Each worker holds the row group it decodes (mapped or read) and Arrow's arrays of one
-        // batch of it, at most 8 bytes a value.
+        // Each worker holds the row group it decodes (mapped or read), the current decompressed
+        // page of each chosen column, and Arrow's arrays of one batch, at most 8 bytes a value.
         let workers = self.threads as u64;
-        let io = workers * (dataset.max_row_group_bytes() + (self.block_rows * (d + 1) * 8) as u64);
+        let pages = dataset.max_decoded_row_group_bytes(plan);
+        let arrays = (self.block_rows * (d + 1) * 8) as u64;
+        let io = workers * (dataset.max_row_group_bytes() + pages + arrays);
         let base = dataset.metadata_bytes() + PROCESS_BYTES;
         MemoryBound { shuffle, batches, decode: blocks + normal, io, base }
     }
@@ -313,7 +315,7 @@ pub struct MemoryBound {
     pub batches: u64,
     /// Decoded blocks in flight (and the normal equations' partial sums).
     pub decode: u64,
-    /// Row groups being decoded: file pages and Arrow arrays.
+    /// Row groups being decoded: file pages, decompressed pages and Arrow arrays.
     pub io: u64,
     /// Footers of every shard and the process itself.
     pub base: u64,

@@ -644,3 +644,95 @@ fn json_logs_are_one_object_per_line_and_errors_stay_plain() {
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stderr), "");
 }
+
+/// A file of one row group, 2²² rows × 8 features and a target, whose column chunks are each a
+/// single 16 MiB page. The values repeat with short periods, so snappy shrinks the file to a few
+/// MiB while a reader still holds every column's whole page at once.
+fn write_one_page_per_chunk(path: &Path) {
+    use std::sync::Arc;
+
+    use arrow_array::{ArrayRef, Float32Array, RecordBatch};
+    use arrow_schema::{DataType, Field, Schema};
+    use parquet::arrow::ArrowWriter;
+    use parquet::basic::Compression;
+    use parquet::file::properties::WriterProperties;
+
+    const ROWS: usize = 1 << 22;
+    let names: Vec<String> = (0..8).map(|k| format!("f{k}")).chain(["y".to_string()]).collect();
+    let fields: Vec<Field> =
+        names.iter().map(|n| Field::new(n, DataType::Float32, false)).collect();
+    let schema = Arc::new(Schema::new(fields));
+    let feature = |k: usize, i: usize| ((i * (2 * k + 3)) % 29) as f32 / 29.0;
+    let mut columns: Vec<ArrayRef> = (0..8)
+        .map(|k| Arc::new(Float32Array::from_iter_values((0..ROWS).map(|i| feature(k, i)))) as _)
+        .collect();
+    let target =
+        (0..ROWS).map(|i| 0.5 + (0..8).map(|k| 0.1 * (k + 1) as f32 * feature(k, i)).sum::<f32>());
+    columns.push(Arc::new(Float32Array::from_iter_values(target)));
+    let props = WriterProperties::builder()
+        .set_dictionary_enabled(false)
+        .set_compression(Compression::SNAPPY)
+        .set_max_row_group_row_count(Some(ROWS))
+        .set_data_page_size_limit(64 << 20)
+        .set_data_page_row_count_limit(ROWS)
+        .set_write_batch_size(ROWS)
+        .build();
+    let mut writer =
+        ArrowWriter::try_new(std::fs::File::create(path).unwrap(), schema.clone(), Some(props))
+            .unwrap();
+    writer.write(&RecordBatch::try_new(schema, columns).unwrap()).unwrap();
+    writer.close().unwrap();
+}
+
+/// `train` prints an upper bound on the memory it will hold. Where each column chunk is one
+/// page, a decode worker holds the whole decompressed row group; a bound that counted only the
+/// compressed bytes was 100 MiB short here. Peak RSS is sampled from `/proc` while the run goes,
+/// so what the test sees is at most the true peak.
+#[cfg(target_os = "linux")]
+#[test]
+fn peak_memory_stays_under_the_printed_bound_when_each_column_chunk_is_one_page() {
+    let dir = TempDir::new().unwrap();
+    let file = dir.path().join("one-page-per-chunk.parquet");
+    write_one_page_per_chunk(&file);
+    let model = dir.path().join("model.json");
+    let args = ["train", s(&file), "--target", "y", "--algo", "batch", "--epochs", "1"];
+    let mut child = slope()
+        .args(args)
+        .args(["--threads", "1", "--model", s(&model)])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the slope binary starts");
+    let status_file = format!("/proc/{}/status", child.id());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut peak_kib = 0u64;
+    let status = loop {
+        // VmHWM is the high-water mark, so a sample taken late still counts an early peak.
+        let seen = std::fs::read_to_string(&status_file).ok().and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        });
+        peak_kib = peak_kib.max(seen.unwrap_or(0));
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "{args:?} hung");
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "{stderr}");
+    let bound_mib: f64 = stderr
+        .split("memory bound: ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no memory bound in:\n{stderr}"));
+    let peak_mib = peak_kib as f64 / 1024.0;
+    // The run must have been seen at its work: the pages alone are 144 MiB.
+    assert!(peak_mib > 144.0, "sampled peak {peak_mib:.1} MiB");
+    assert!(
+        peak_mib <= bound_mib + 0.05,
+        "peak {peak_mib:.1} MiB over the printed bound:\n{stderr}"
+    );
+}
