@@ -7,7 +7,10 @@
 //! the value copy 11 %, the zeroing 7 %). For a column stored as `PLAIN` floats without nulls,
 //! the decompressed page already is the array, so this path hands Arrow a slice of the page:
 //! no copy where the page's values are aligned to four bytes, one copy where they are not
-//! (an optional column's values follow its definition levels at any offset).
+//! (an optional column's values follow its definition levels at any offset). A snappy page of
+//! incompressible floats is nothing but literals, and in a mapped file those are read where they
+//! lie ([`PageBytes::Runs`]): a batch's values are a view of the map when they sit in one literal
+//! at an aligned address, else copied out just before they are decoded.
 //!
 //! The protocol for one row group:
 //!
@@ -56,9 +59,11 @@ struct ColumnPages {
     /// Whether the column is optional, so that its pages start with definition levels.
     optional: bool,
     /// The current page's bytes.
-    page: Buffer,
+    page: PageBytes,
     /// Byte offset of the next value in `page`.
     at: usize,
+    /// Which of the page's literal runs holds `at`, or one before it.
+    run: usize,
     /// Values left in `page`.
     left: usize,
 }
@@ -73,7 +78,9 @@ impl PlainPages {
         batch_rows: usize,
         source: &Source,
     ) -> Option<PlainPages> {
-        if !plan.keep.is_empty() || batch_rows == 0 {
+        // The pages' little-endian floats become Arrow arrays as they are, which is only right
+        // on a little-endian machine.
+        if !plan.keep.is_empty() || batch_rows == 0 || cfg!(target_endian = "big") {
             return None;
         }
         let meta = shard.meta.metadata().row_group(row_group);
@@ -126,8 +133,9 @@ impl PlainPages {
             columns.push(ColumnPages {
                 pages,
                 optional: descr.max_def_level() == 1,
-                page: Buffer::default(),
+                page: PageBytes::default(),
                 at: 0,
+                run: 0,
                 left: 0,
             });
             fields.push(Field::new(name, DataType::Float32, descr.max_def_level() == 1));
@@ -157,34 +165,36 @@ impl PlainPages {
 }
 
 impl ColumnPages {
-    /// The next `n` values as an array: a view of the current page when it holds them all at an
-    /// aligned offset, otherwise a copy gathered from as many pages as it takes.
+    /// The next `n` values as an array: a view of the current page when it holds them all in one
+    /// piece at an aligned address, otherwise a copy gathered from as many pieces and pages as it
+    /// takes.
     fn take(&mut self, n: usize) -> Result<ArrayRef, Unsupported> {
         if self.left == 0 {
             self.next_page()?;
         }
         let bytes = n * size_of::<f32>();
-        let start = self.at;
-        let aligned = self.page[start..].as_ptr().align_offset(align_of::<f32>()) == 0;
-        if self.left >= n && aligned {
-            let values = ScalarBuffer::new(self.page.slice_with_length(start, bytes), 0, n);
+        if self.left >= n
+            && let Some(piece) = self.page.piece(self.at, bytes, &mut self.run)
+            && piece.as_ptr().align_offset(align_of::<f32>()) == 0
+        {
             self.at += bytes;
             self.left -= n;
-            return Ok(Arc::new(Float32Array::new(values, None)));
+            return Ok(Arc::new(Float32Array::new(ScalarBuffer::new(piece, 0, n), None)));
         }
-        let mut values = Vec::with_capacity(n);
-        while values.len() < n {
+        // Arrow's own buffers are aligned for any primitive type.
+        let mut values = MutableBuffer::with_capacity(bytes);
+        let mut copied = 0;
+        while copied < n {
             if self.left == 0 {
                 self.next_page()?;
             }
-            let k = self.left.min(n - values.len());
-            let run = &self.page[self.at..self.at + k * size_of::<f32>()];
-            values
-                .extend(run.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])));
+            let k = self.left.min(n - copied);
+            self.page.copy_into(self.at, k * size_of::<f32>(), &mut self.run, &mut values);
             self.at += k * size_of::<f32>();
             self.left -= k;
+            copied += k;
         }
-        Ok(Arc::new(Float32Array::from(values)))
+        Ok(Arc::new(Float32Array::new(ScalarBuffer::new(values.into(), 0, n), None)))
     }
 
     /// Moves to the next data page that holds values, checking that it is one this path reads.
@@ -195,12 +205,13 @@ impl ColumnPages {
                 Pages::Parquet(pages) => parquet_page(pages.as_mut(), self.optional)?,
                 Pages::Mapped(pages) => pages.next(self.optional, spent)?,
             };
-            if page.buf.len() != page.offset + page.values * size_of::<f32>() {
+            if page.bytes.len() != page.offset + page.values * size_of::<f32>() {
                 // Fewer bytes than values: some are null after all (or the page is damaged).
                 return Err(Unsupported);
             }
             if page.values > 0 {
-                (self.page, self.at, self.left) = (page.buf, page.offset, page.values);
+                (self.page, self.at, self.left) = (page.bytes, page.offset, page.values);
+                self.run = 0;
                 return Ok(());
             }
         }
@@ -224,11 +235,151 @@ enum Pages {
     Mapped(MappedPages),
 }
 
-/// A data page as this path needs it: its values are `values` `f32`s at byte `offset` of `buf`.
+/// A data page as this path needs it: its values are `values` `f32`s at byte `offset` of `bytes`.
 struct PlainPage {
-    buf: Buffer,
+    bytes: PageBytes,
     offset: usize,
     values: usize,
+}
+
+/// A data page's bytes once decompressed.
+enum PageBytes {
+    /// In one buffer: a decompressed page, or an uncompressed one in the map.
+    Whole(Buffer),
+    /// A snappy page whose stream holds nothing but literals, left where the literals lie in the
+    /// mapped file: the decompressed page is their concatenation. Incompressible data, such as
+    /// random floats, compresses to exactly that, so reading the literals in place spares the
+    /// copy of the whole page into a buffer (a fifth of a scan's CPU) and the trip through
+    /// memory that the values then take before they are read; what [`ColumnPages::take`] cannot
+    /// hand over as a view, it copies one batch at a time, just before the batch is decoded.
+    Runs(LiteralRuns),
+}
+
+impl Default for PageBytes {
+    fn default() -> Self {
+        PageBytes::Whole(Buffer::default())
+    }
+}
+
+/// Where a literal-only snappy stream's literals lie.
+struct LiteralRuns {
+    /// The compressed page: slices of the map.
+    stream: Bytes,
+    /// Each literal's range in `stream`, in order.
+    runs: Vec<std::ops::Range<usize>>,
+    /// Where each literal starts in the decompressed page.
+    starts: Vec<usize>,
+    /// The decompressed page's length.
+    len: usize,
+}
+
+impl PageBytes {
+    fn len(&self) -> usize {
+        match self {
+            PageBytes::Whole(buf) => buf.len(),
+            PageBytes::Runs(runs) => runs.len,
+        }
+    }
+
+    /// The page's first bytes, up to the end of the first piece.
+    fn head(&self) -> &[u8] {
+        match self {
+            PageBytes::Whole(buf) => buf,
+            PageBytes::Runs(r) => r.runs.first().map_or(&[], |run| &r.stream[run.clone()]),
+        }
+    }
+
+    /// The `len` bytes at offset `at` of the page, when they lie in one piece. `run` is where
+    /// the search starts, and is left at the run that holds `at`: offsets only grow.
+    fn piece(&self, at: usize, len: usize, run: &mut usize) -> Option<Buffer> {
+        match self {
+            PageBytes::Whole(buf) => Some(buf.slice_with_length(at, len)),
+            PageBytes::Runs(r) => {
+                let i = r.seek(at, run);
+                let skip = at - r.starts[i];
+                let range = &r.runs[i];
+                (skip + len <= range.len()).then(|| {
+                    let start = range.start + skip;
+                    Buffer::from(r.stream.slice(start..start + len))
+                })
+            }
+        }
+    }
+
+    /// Appends the `len` bytes at offset `at` of the page to `out`; `run` as for `piece`.
+    fn copy_into(&self, at: usize, len: usize, run: &mut usize, out: &mut MutableBuffer) {
+        match self {
+            PageBytes::Whole(buf) => out.extend_from_slice(&buf[at..at + len]),
+            PageBytes::Runs(r) => {
+                let (mut at, end) = (at, at + len);
+                while at < end {
+                    let i = r.seek(at, run);
+                    let skip = at - r.starts[i];
+                    let range = &r.runs[i];
+                    let k = (range.len() - skip).min(end - at);
+                    let start = range.start + skip;
+                    out.extend_from_slice(&r.stream[start..start + k]);
+                    at += k;
+                }
+            }
+        }
+    }
+}
+
+impl LiteralRuns {
+    /// Parses a raw snappy stream that should decompress to `size` bytes. `None` unless it is a
+    /// well-formed stream of literals only, of exactly that length; anything else (a copy, a
+    /// damaged length) is left to the decompressor, which decides what is wrong with it.
+    fn parse(stream: &Bytes, size: usize) -> Option<LiteralRuns> {
+        let mut at = 0;
+        let mut declared = 0u64;
+        for shift in (0..35).step_by(7) {
+            let byte = *stream.get(at)?;
+            at += 1;
+            declared |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                break;
+            }
+            if shift == 28 {
+                return None;
+            }
+        }
+        if declared != size as u64 {
+            return None;
+        }
+        let (mut runs, mut starts, mut len) = (Vec::new(), Vec::new(), 0usize);
+        while at < stream.len() {
+            let tag = stream[at];
+            at += 1;
+            if tag & 0b11 != 0 {
+                return None;
+            }
+            let mut n = usize::from(tag >> 2);
+            if n >= 60 {
+                // The length minus one follows in 1 to 4 little-endian bytes.
+                let bytes = stream.get(at..at + (n - 59))?;
+                n = bytes.iter().rev().fold(0, |acc, &b| (acc << 8) | usize::from(b));
+                at += bytes.len();
+            }
+            let end = at.checked_add(n)?.checked_add(1)?;
+            if end > stream.len() {
+                return None;
+            }
+            starts.push(len);
+            len += end - at;
+            runs.push(at..end);
+            at = end;
+        }
+        (len == size).then(|| LiteralRuns { stream: stream.clone(), runs, starts, len })
+    }
+
+    /// The index of the run that holds offset `at`, searching forward from `*run`.
+    fn seek(&self, at: usize, run: &mut usize) -> usize {
+        while *run + 1 < self.runs.len() && self.starts[*run + 1] <= at {
+            *run += 1;
+        }
+        *run
+    }
 }
 
 /// The next data page from the parquet crate's page reader.
@@ -241,7 +392,7 @@ fn parquet_page(pages: &mut dyn PageReader, optional: bool) -> Result<PlainPage,
             }
             let values = num_values as usize;
             let offset = if optional { defined_levels_end(&buf, values)? } else { 0 };
-            Ok(PlainPage { buf: Buffer::from(buf), offset, values })
+            Ok(PlainPage { bytes: PageBytes::Whole(Buffer::from(buf)), offset, values })
         }
         Page::DataPageV2 {
             buf,
@@ -265,7 +416,8 @@ fn parquet_page(pages: &mut dyn PageReader, optional: bool) -> Result<PlainPage,
             ) {
                 return Err(Unsupported);
             }
-            Ok(PlainPage { buf: Buffer::from(buf), offset, values: num_values as usize })
+            let bytes = PageBytes::Whole(Buffer::from(buf));
+            Ok(PlainPage { bytes, offset, values: num_values as usize })
         }
         Page::DictionaryPage { .. } => Err(Unsupported),
     }
@@ -300,9 +452,10 @@ fn v2_levels_defined(levels: &[u8], def_len: usize, values: usize, optional: boo
 /// The pages of a memory-mapped snappy or uncompressed column chunk, read without the parquet
 /// crate's page reader. That reader decompresses every page into a new buffer that it first
 /// zeroes (`perf`: 8 % of a scan's CPU, and as much again in the kernel's zeroing of the fresh
-/// pages those buffers land on); this one decompresses into the column's previous page buffer
-/// whenever no array still holds it, which on this path is every time but the first, since a
-/// worker drops each batch before it asks for the next. Uncompressed pages are the map itself.
+/// pages those buffers land on). This one leaves uncompressed pages and the literals of
+/// literal-only snappy pages in the map, and decompresses any other snappy page into the
+/// column's previous page buffer whenever no array still holds it, which on this path is every
+/// time but the first, since a worker drops each batch before it asks for the next.
 struct MappedPages {
     /// The column chunk's bytes: page headers and pages, back to back.
     chunk: Bytes,
@@ -314,7 +467,7 @@ struct MappedPages {
 
 impl MappedPages {
     /// The next data page; `spent` is the buffer of the page before, reused if no one holds it.
-    fn next(&mut self, optional: bool, spent: Buffer) -> Result<PlainPage, Unsupported> {
+    fn next(&mut self, optional: bool, spent: PageBytes) -> Result<PlainPage, Unsupported> {
         loop {
             let rest = self.chunk.get(self.at..).filter(|r| !r.is_empty()).ok_or(Unsupported)?;
             let (header, header_len) = PageHeader::parse(rest).ok_or(Unsupported)?;
@@ -333,10 +486,13 @@ impl MappedPages {
                     {
                         return Err(Unsupported);
                     }
-                    let buf = self.decompress(body, size, self.snappy, spent)?;
+                    let bytes = self.decompress(body, size, self.snappy, spent)?;
                     let values = usize::try_from(header.num_values).map_err(|_| Unsupported)?;
-                    let offset = if optional { defined_levels_end(&buf, values)? } else { 0 };
-                    return Ok(PlainPage { buf, offset, values });
+                    // The levels are a few bytes at the start of the page, inside its first
+                    // literal; levels that run past it are left to the parquet crate's reader.
+                    let offset =
+                        if optional { defined_levels_end(bytes.head(), values)? } else { 0 };
+                    return Ok(PlainPage { bytes, offset, values });
                 }
                 PageKind::DataV2 => {
                     // Damaged lengths may overflow an `i32` when added.
@@ -362,9 +518,9 @@ impl MappedPages {
                         return Err(Unsupported);
                     }
                     let compressed = self.snappy && header.v2_compressed;
-                    let buf =
+                    let bytes =
                         self.decompress(body.slice(levels..), values_size, compressed, spent)?;
-                    return Ok(PlainPage { buf, offset: 0, values });
+                    return Ok(PlainPage { bytes, offset: 0, values });
                 }
                 PageKind::Dictionary => return Err(Unsupported),
                 // Index pages, and page types this reader does not know, hold no values.
@@ -374,20 +530,28 @@ impl MappedPages {
     }
 
     /// The `size` bytes that `stored` holds: `stored` itself, a slice of the map, when it is not
-    /// `compressed`, else `spent`'s memory refilled by snappy.
+    /// `compressed`; its literals in place when it is a literal-only snappy stream; else
+    /// `spent`'s memory refilled by snappy.
     fn decompress(
         &mut self,
         stored: Bytes,
         size: usize,
         compressed: bool,
-        spent: Buffer,
-    ) -> Result<Buffer, Unsupported> {
+        spent: PageBytes,
+    ) -> Result<PageBytes, Unsupported> {
         if !compressed {
             if stored.len() != size {
                 return Err(Unsupported);
             }
-            return Ok(Buffer::from(stored));
+            return Ok(PageBytes::Whole(Buffer::from(stored)));
         }
+        if let Some(runs) = LiteralRuns::parse(&stored, size) {
+            return Ok(PageBytes::Runs(runs));
+        }
+        let spent = match spent {
+            PageBytes::Whole(buf) => buf,
+            PageBytes::Runs(_) => Buffer::default(),
+        };
         let mut memory = spent.into_mutable().unwrap_or_else(|_| MutableBuffer::new(size));
         if memory.len() < size {
             // Only memory never written before is zeroed, the first page of each column.
@@ -400,7 +564,7 @@ impl MappedPages {
         if written != size {
             return Err(Unsupported);
         }
-        Ok(Buffer::from(memory).slice_with_length(0, size))
+        Ok(PageBytes::Whole(Buffer::from(memory).slice_with_length(0, size)))
     }
 }
 
@@ -729,6 +893,70 @@ mod tests {
             snappy: false,
             decoder: snap::raw::Decoder::new(),
         };
-        assert!(pages.next(true, Buffer::default()).is_err());
+        assert!(pages.next(true, PageBytes::default()).is_err());
+    }
+
+    /// Bytes that no compressor can shrink, from a seeded generator.
+    fn noise(len: usize, seed: u64) -> Vec<u8> {
+        let mut rng = crate::rng::Rng::new(seed);
+        (0..len).map(|_| rng.next_u64() as u8).collect()
+    }
+
+    fn literal_runs(stream: &[u8], size: usize) -> Option<PageBytes> {
+        LiteralRuns::parse(&Bytes::copy_from_slice(stream), size).map(PageBytes::Runs)
+    }
+
+    #[test]
+    fn literal_only_streams_are_read_in_place_as_the_decompressor_reads_them() {
+        // Around the one-byte and multi-byte literal lengths, and past snappy's 64 KiB blocks,
+        // which each end a literal.
+        for len in [0, 1, 59, 60, 61, 256, 65_536, 65_537, 200_003] {
+            let data = noise(len, len as u64);
+            let stream = snap::raw::Encoder::new().compress_vec(&data).unwrap();
+            let page = literal_runs(&stream, len).unwrap_or_else(|| panic!("{len} bytes"));
+            if let PageBytes::Runs(r) = &page {
+                assert_eq!(r.runs.len(), len.div_ceil(65_536), "{len} bytes");
+            }
+            // Walked forward in steps, as a column is, both as copies and as views.
+            for step in [1, 3, 4096, 16_384, 70_000] {
+                let (mut at, mut copy_run, mut view_run) = (0, 0, 0);
+                while at < len {
+                    let k = step.min(len - at);
+                    let mut copy = MutableBuffer::new(0);
+                    page.copy_into(at, k, &mut copy_run, &mut copy);
+                    assert_eq!(copy.as_slice(), &data[at..at + k], "{len} bytes, {k} at {at}");
+                    if let Some(view) = page.piece(at, k, &mut view_run) {
+                        assert_eq!(view.as_slice(), &data[at..at + k], "{len} bytes, {k} at {at}");
+                    }
+                    at += k;
+                }
+            }
+        }
+        // A stream with a copy in it goes to the decompressor, and so does one of another size.
+        let repeats = snap::raw::Encoder::new().compress_vec(&[7; 1000]).unwrap();
+        assert!(literal_runs(&repeats, 1000).is_none());
+        let stream = snap::raw::Encoder::new().compress_vec(&noise(100, 1)).unwrap();
+        assert!(literal_runs(&stream, 99).is_none());
+        assert!(literal_runs(&stream, 101).is_none());
+    }
+
+    #[test]
+    fn damaged_literal_streams_are_refused_or_read_as_the_decompressor_reads_them() {
+        let data = noise(300, 2);
+        let stream = snap::raw::Encoder::new().compress_vec(&data).unwrap();
+        for cut in 0..stream.len() {
+            assert!(literal_runs(&stream[..cut], data.len()).is_none(), "cut at {cut}");
+        }
+        for i in 0..stream.len() {
+            for flip in [0x01, 0x02, 0x40, 0x80, 0xFF] {
+                let mut damaged = stream.clone();
+                damaged[i] ^= flip;
+                let Some(page) = literal_runs(&damaged, data.len()) else { continue };
+                let mut read = MutableBuffer::new(0);
+                page.copy_into(0, data.len(), &mut 0, &mut read);
+                let decompressed = snap::raw::Decoder::new().decompress_vec(&damaged).ok();
+                assert_eq!(decompressed.as_deref(), Some(read.as_slice()), "byte {i} ^ {flip:#x}");
+            }
+        }
     }
 }
