@@ -295,13 +295,8 @@ impl PageBytes {
         match self {
             PageBytes::Whole(buf) => Some(buf.slice_with_length(at, len)),
             PageBytes::Runs(r) => {
-                let i = r.seek(at, run);
-                let skip = at - r.starts[i];
-                let range = &r.runs[i];
-                (skip + len <= range.len()).then(|| {
-                    let start = range.start + skip;
-                    Buffer::from(r.stream.slice(start..start + len))
-                })
+                let (start, held) = r.locate(at, run);
+                (len <= held).then(|| Buffer::from(r.stream.slice(start..start + len)))
             }
         }
     }
@@ -313,11 +308,8 @@ impl PageBytes {
             PageBytes::Runs(r) => {
                 let (mut at, end) = (at, at + len);
                 while at < end {
-                    let i = r.seek(at, run);
-                    let skip = at - r.starts[i];
-                    let range = &r.runs[i];
-                    let k = (range.len() - skip).min(end - at);
-                    let start = range.start + skip;
+                    let (start, held) = r.locate(at, run);
+                    let k = held.min(end - at);
                     out.extend_from_slice(&r.stream[start..start + k]);
                     at += k;
                 }
@@ -373,12 +365,14 @@ impl LiteralRuns {
         (len == size).then(|| LiteralRuns { stream: stream.clone(), runs, starts, len })
     }
 
-    /// The index of the run that holds offset `at`, searching forward from `*run`.
-    fn seek(&self, at: usize, run: &mut usize) -> usize {
+    /// Where offset `at` of the page lies in `stream`, and how many bytes of its run follow it
+    /// there. The search for its run starts at `*run` and leaves it there.
+    fn locate(&self, at: usize, run: &mut usize) -> (usize, usize) {
         while *run + 1 < self.runs.len() && self.starts[*run + 1] <= at {
             *run += 1;
         }
-        *run
+        let (range, skip) = (&self.runs[*run], at - self.starts[*run]);
+        (range.start + skip, range.len() - skip)
     }
 }
 

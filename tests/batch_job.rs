@@ -21,6 +21,11 @@ fn slope() -> Command {
 
 /// Runs slope to completion (at most two minutes) and returns the exit code and stderr.
 fn run(args: &[&str]) -> (i32, String) {
+    run_watched(args, |_| {})
+}
+
+/// As [`run`], calling `watch` with the process id every few milliseconds while it runs.
+fn run_watched(args: &[&str], mut watch: impl FnMut(u32)) -> (i32, String) {
     let mut child = slope()
         .args(args)
         .stdout(Stdio::null())
@@ -29,6 +34,7 @@ fn run(args: &[&str]) -> (i32, String) {
         .expect("the slope binary starts");
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
+        watch(child.id());
         if let Some(status) = child.try_wait().unwrap() {
             let mut stderr = String::new();
             std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
@@ -696,32 +702,18 @@ fn peak_memory_stays_under_the_printed_bound_when_each_column_chunk_is_one_page(
     write_one_page_per_chunk(&file);
     let model = dir.path().join("model.json");
     let args = ["train", s(&file), "--target", "y", "--algo", "batch", "--epochs", "1"];
-    let mut child = slope()
-        .args(args)
-        .args(["--threads", "1", "--model", s(&model)])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the slope binary starts");
-    let status_file = format!("/proc/{}/status", child.id());
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let args = [&args[..], &["--threads", "1", "--model", s(&model)]].concat();
     let mut peak_kib = 0u64;
-    let status = loop {
+    let (code, stderr) = run_watched(&args, |pid| {
         // VmHWM is the high-water mark, so a sample taken late still counts an early peak.
-        let seen = std::fs::read_to_string(&status_file).ok().and_then(|status| {
-            let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-            line.split_whitespace().nth(1)?.parse::<u64>().ok()
-        });
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let seen = status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .and_then(|line| line.split_whitespace().nth(1)?.parse::<u64>().ok());
         peak_kib = peak_kib.max(seen.unwrap_or(0));
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "{args:?} hung");
-        std::thread::sleep(Duration::from_millis(2));
-    };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
-    assert!(status.success(), "{stderr}");
+    });
+    assert_eq!(code, 0, "{stderr}");
     let bound_mib: f64 = stderr
         .split("memory bound: ")
         .nth(1)
