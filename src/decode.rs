@@ -1,10 +1,12 @@
-//! Decoded row groups: Arrow record batches turned into row-major `f32` blocks.
+//! Decoded row groups: batches of columns turned into row-major `f32` blocks.
 //!
-//! Arrow hands over one array per column. The trainer wants rows: a mini-batch is a run of rows
-//! drawn from anywhere in the shuffle buffer, and the gradient kernel walks a row at a time. So
-//! each record batch is transposed once, here, on a decode worker, into a [`Block`] whose `x`
-//! holds `rows × d` features in row order and whose `y` holds the target. Every Arrow number
-//! type is converted to `f32`; a fixed-size list column spreads over `width` adjacent features.
+//! A reader hands over one column at a time ([`Batch`]): Arrow arrays from the parquet crate's
+//! reader, or a plain `f32` column's bytes as its pages hold them. The trainer wants rows: a
+//! mini-batch is a run of rows drawn from anywhere in the shuffle buffer, and the gradient kernel
+//! walks a row at a time. So each batch is transposed once, here, on a decode worker, into a
+//! [`Block`] whose `x` holds `rows × d` features in row order and whose `y` holds the target.
+//! Every Arrow number type is converted to `f32`; a fixed-size list column spreads over `width`
+//! adjacent features.
 //!
 //! Validity is checked here too, so that a null, NaN or infinity is reported with the shard, row
 //! group, column and row where it sits, or dropped with its row under `--on-invalid skip`.
@@ -14,11 +16,13 @@ use std::path::Path;
 use arrow_array::cast::AsArray;
 use arrow_array::types::*;
 use arrow_array::{Array, ArrayRef, BooleanArray, RecordBatch};
+use arrow_buffer::Buffer;
 use arrow_schema::DataType;
 use serde::{Deserialize, Serialize};
 
 use crate::dataset::ColumnPlan;
 use crate::error::{Error, InvalidKind, Result};
+use crate::pages::PlainBatch;
 use crate::reader::BlockSums;
 
 /// What to do with a row that holds a null, NaN or infinity in a chosen column.
@@ -94,6 +98,62 @@ impl Affine {
     }
 }
 
+/// One batch of rows of a row group, as a reader hands it to the [`Decoder`].
+pub(crate) enum Batch {
+    /// Arrow arrays, from the parquet crate's reader.
+    Arrow(RecordBatch),
+    /// Plain `f32` columns as their pages hold them, from the page path; never with kept
+    /// columns.
+    Plain(PlainBatch),
+}
+
+impl Batch {
+    pub fn num_rows(&self) -> usize {
+        match self {
+            Batch::Arrow(batch) => batch.num_rows(),
+            Batch::Plain(batch) => batch.rows,
+        }
+    }
+}
+
+/// One chosen column of a [`Batch`].
+#[derive(Clone, Copy)]
+enum Column<'b> {
+    Array(&'b ArrayRef),
+    /// Native-endian `f32` bytes in pieces, at any alignment ([`PlainBatch`]).
+    Plain(&'b [Buffer]),
+}
+
+impl<'b> Column<'b> {
+    /// The values as native-endian `f32` bytes in pieces, when the column is plain `f32`
+    /// without nulls: an Arrow array's one buffer, or the page path's pieces.
+    fn f32_pieces(self) -> Option<&'b [Buffer]> {
+        match self {
+            Column::Plain(pieces) => Some(pieces),
+            Column::Array(array) => {
+                (array.data_type() == &DataType::Float32 && array.null_count() == 0).then(|| {
+                    std::slice::from_ref(array.as_primitive::<Float32Type>().values().inner())
+                })
+            }
+        }
+    }
+
+    /// Writes rows `rows` into the row-major buffer `out`, `width` values a row at `offset`.
+    fn write(
+        self,
+        out: &mut [f32],
+        stride: usize,
+        offset: usize,
+        width: usize,
+        rows: std::ops::Range<usize>,
+    ) {
+        match self {
+            Column::Array(array) => write_feature(array, out, stride, offset, width, rows),
+            Column::Plain(pieces) => write_pieces(pieces, out, stride, offset, rows),
+        }
+    }
+}
+
 /// Rows decoded from part of one row group.
 #[derive(Debug, Default)]
 pub struct Block {
@@ -128,7 +188,7 @@ pub(crate) struct Decoder<'a> {
 
 impl Decoder<'_> {
     /// Fills `block` from `batch`, whose first row is row `first_row` of the row group.
-    pub fn decode(&self, batch: &RecordBatch, first_row: usize, block: &mut Block) -> Result<()> {
+    pub fn decode(&self, batch: &Batch, first_row: usize, block: &mut Block) -> Result<()> {
         let plan = self.plan;
         let rows = batch.num_rows();
         let d = plan.d;
@@ -140,18 +200,24 @@ impl Decoder<'_> {
         block.y.clear();
         let mut bad: Vec<bool> = Vec::new();
 
+        // The page path's columns come in the order of `plan.read_columns()`, and hold no nulls.
+        let column = |i: usize, name: &str, width: usize, bad: &mut Vec<bool>| match batch {
+            Batch::Arrow(batch) => {
+                let array = self.column(batch, name)?;
+                self.check_nulls(array, name, first_row, width, bad)?;
+                Ok(Column::Array(array))
+            }
+            Batch::Plain(batch) => Ok(Column::Plain(batch.column(i))),
+        };
         let mut arrays = Vec::with_capacity(plan.features.len());
-        for col in &plan.features {
-            let array = self.column(batch, &col.name)?;
-            self.check_nulls(array, &col.name, first_row, col.width, &mut bad)?;
-            arrays.push(array);
+        for (i, col) in plan.features.iter().enumerate() {
+            arrays.push(column(i, &col.name, col.width, &mut bad)?);
         }
         let target = match &plan.target {
             Some(name) => {
-                let array = self.column(batch, name)?;
-                self.check_nulls(array, name, first_row, 1, &mut bad)?;
+                let target = column(plan.features.len(), name, 1, &mut bad)?;
                 block.y.resize(rows, 0.0);
-                Some(array)
+                Some(target)
             }
             None => None,
         };
@@ -168,18 +234,17 @@ impl Decoder<'_> {
         // way a tile of rows at a time, so that the rows being written stay in cache while every
         // column adds its values, instead of each column sweeping the whole block.
         let (groups, rest) = f32_groups(&arrays, plan);
-        // Each group's value slices, looked up once per block: a downcast per column and tile
+        // Each group's value pieces, looked up once per block: a downcast per column and tile
         // was 2 % of a `scan`'s CPU.
-        let groups: Vec<([&[f32]; 8], usize)> = groups
+        let groups: Vec<([&[Buffer]; 8], usize)> = groups
             .iter()
             .map(|&(first, offset)| {
-                let cols = std::array::from_fn(|k| {
-                    let values: &[f32] = arrays[first + k].as_primitive::<Float32Type>().values();
-                    values
-                });
+                let cols = std::array::from_fn(|k| arrays[first + k].f32_pieces().unwrap_or(&[]));
                 (cols, offset)
             })
             .collect();
+        // Where a tile's values of a column span two pieces, they are joined here.
+        let mut joined = [[0u8; TRANSPOSE_ROWS * size_of::<f32>()]; 8];
         // Whether any feature may be NaN or infinite, swept tile by tile while the tile is in
         // cache; a sweep of the whole block afterwards would read it back from further away.
         let mut x_suspect = false;
@@ -187,13 +252,19 @@ impl Decoder<'_> {
         for start in (0..rows).step_by(TRANSPOSE_ROWS) {
             let range = start..(start + TRANSPOSE_ROWS).min(rows);
             let chunk_end = range.end == rows || range.end.is_multiple_of(SUMS_CHUNK_ROWS);
+            let bytes = range.start * size_of::<f32>()..range.end * size_of::<f32>();
             for (columns, offset) in &groups {
-                let cols: [&[f32]; 8] = std::array::from_fn(|k| &columns[k][range.clone()]);
+                let mut k = 0;
+                let cols = joined.each_mut().map(|buf| {
+                    let col = tile_bytes(columns[k], bytes.clone(), buf);
+                    k += 1;
+                    col
+                });
                 transpose8(cols, &mut block.x[range.start * d..range.end * d], d, *offset);
             }
             for &i in &rest {
                 let (col, offset) = (&plan.features[i], plan.offsets[i]);
-                write_feature(arrays[i], &mut block.x, d, offset, col.width, range.clone());
+                arrays[i].write(&mut block.x, d, offset, col.width, range.clone());
             }
             let tile = &mut block.x[range.start * d..range.end * d];
             if !x_suspect && any_non_finite(tile) {
@@ -209,7 +280,7 @@ impl Decoder<'_> {
             }
             if let (Some(sums), Some(target), true) = (fused, target, chunk_end) {
                 let chunk = summed..range.end;
-                write_feature(target, &mut block.y, 1, 0, 1, chunk.clone());
+                target.write(&mut block.y, 1, 0, 1, chunk.clone());
                 y_done = chunk.end;
                 if x_suspect || any_non_finite(&block.y[chunk.clone()]) {
                     // The slow check below decides which rows stay.
@@ -225,7 +296,7 @@ impl Decoder<'_> {
             }
         }
         if let Some(target) = target {
-            write_feature(target, &mut block.y, 1, 0, 1, y_done..rows);
+            target.write(&mut block.y, 1, 0, 1, y_done..rows);
         }
         if x_suspect || any_non_finite(&block.y[summed..]) {
             self.find_non_finite(block, first_row, x_checked, &mut bad)?;
@@ -235,14 +306,19 @@ impl Decoder<'_> {
             affine.apply(&mut block.x[x_checked * d..]);
         }
 
-        block.passthrough = if plan.keep.is_empty() {
-            None
-        } else {
-            let columns: Vec<ArrayRef> =
-                plan.keep.iter().map(|k| self.column(batch, k).cloned()).collect::<Result<_>>()?;
-            let keep = RecordBatch::try_new(keep_schema(batch, &plan.keep), columns)
-                .map_err(|e| self.decode_error(&plan.keep.join(", "), e))?;
-            Some(keep)
+        block.passthrough = match batch {
+            Batch::Arrow(batch) if !plan.keep.is_empty() => {
+                let columns: Vec<ArrayRef> = plan
+                    .keep
+                    .iter()
+                    .map(|k| self.column(batch, k).cloned())
+                    .collect::<Result<_>>()?;
+                let keep = RecordBatch::try_new(keep_schema(batch, &plan.keep), columns)
+                    .map_err(|e| self.decode_error(&plan.keep.join(", "), e))?;
+                Some(keep)
+            }
+            // The page path declines plans with kept columns (`PlainPages::open`).
+            _ => None,
         };
         let skipped = bad.iter().filter(|&&b| b).count();
         let mut drop = bad;
@@ -441,12 +517,9 @@ fn keep_schema(batch: &RecordBatch, keep: &[String]) -> std::sync::Arc<arrow_sch
 
 /// Splits the feature columns into runs of eight adjacent plain `f32` columns, returned as
 /// `(first column index, row offset)`, and the other columns' indices.
-fn f32_groups(arrays: &[&ArrayRef], plan: &ColumnPlan) -> (Vec<(usize, usize)>, Vec<usize>) {
+fn f32_groups(arrays: &[Column], plan: &ColumnPlan) -> (Vec<(usize, usize)>, Vec<usize>) {
     let plain = |i: usize| {
-        plan.features[i].width == 1
-            && !plan.features[i].list
-            && arrays[i].data_type() == &DataType::Float32
-            && arrays[i].null_count() == 0
+        plan.features[i].width == 1 && !plan.features[i].list && arrays[i].f32_pieces().is_some()
     };
     let mut groups = Vec::new();
     let mut rest = Vec::new();
@@ -466,11 +539,13 @@ fn f32_groups(arrays: &[&ArrayRef], plan: &ColumnPlan) -> (Vec<(usize, usize)>, 
     (groups, rest)
 }
 
-/// Writes eight columns into eight adjacent places of each `stride`-long row of `out`.
+/// Writes eight columns into eight adjacent places of each `stride`-long row of `out`. Each
+/// column is native-endian `f32` bytes at any alignment, so that the page path's values are read
+/// where they lie.
 #[inline]
-fn transpose8(cols: [&[f32]; 8], out: &mut [f32], stride: usize, offset: usize) {
+fn transpose8(cols: [&[u8]; 8], out: &mut [f32], stride: usize, offset: usize) {
     let rows = out.len() / stride;
-    assert!(cols.iter().all(|c| c.len() >= rows) && offset + 8 <= stride);
+    assert!(cols.iter().all(|c| c.len() >= rows * size_of::<f32>()) && offset + 8 <= stride);
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx") {
         // SAFETY: the CPU supports AVX, checked just above; the lengths are asserted above.
@@ -481,10 +556,89 @@ fn transpose8(cols: [&[f32]; 8], out: &mut [f32], stride: usize, offset: usize) 
 
 /// The portable transpose, from row `first` on.
 #[inline(always)]
-fn transpose8_rows(cols: [&[f32]; 8], out: &mut [f32], stride: usize, offset: usize, first: usize) {
+fn transpose8_rows(cols: [&[u8]; 8], out: &mut [f32], stride: usize, offset: usize, first: usize) {
     for (r, dst) in out.chunks_exact_mut(stride).enumerate().skip(first) {
-        let row: [f32; 8] = std::array::from_fn(|k| cols[k][r]);
+        let row: [f32; 8] = std::array::from_fn(|k| f32_at(cols[k], r));
         dst[offset..offset + 8].copy_from_slice(&row);
+    }
+}
+
+/// Value `i` of native-endian `f32` bytes.
+#[inline(always)]
+fn f32_at(bytes: &[u8], i: usize) -> f32 {
+    let at = i * size_of::<f32>();
+    f32::from_ne_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+}
+
+/// Bytes `bytes` of a column held in `pieces`: a slice of the piece that holds them all, or,
+/// where they span pieces, their concatenation in `joined`.
+fn tile_bytes<'a>(
+    pieces: &'a [Buffer],
+    bytes: std::ops::Range<usize>,
+    joined: &'a mut [u8],
+) -> &'a [u8] {
+    let mut runs = piece_runs(pieces, bytes.clone());
+    let first = runs.next().unwrap_or_default();
+    if first.len() == bytes.len() {
+        return first;
+    }
+    let joined = &mut joined[..bytes.len()];
+    joined[..first.len()].copy_from_slice(first);
+    let mut at = first.len();
+    for run in runs {
+        joined[at..at + run.len()].copy_from_slice(run);
+        at += run.len();
+    }
+    joined
+}
+
+/// The parts of `pieces` that hold bytes `bytes` of their concatenation, in order.
+fn piece_runs(pieces: &[Buffer], bytes: std::ops::Range<usize>) -> impl Iterator<Item = &[u8]> {
+    let mut start = 0;
+    pieces.iter().filter_map(move |piece| {
+        let (lo, hi) = (start, start + piece.len());
+        start = hi;
+        let (from, to) = (bytes.start.max(lo), bytes.end.min(hi));
+        (from < to).then(|| &piece.as_slice()[from - lo..to - lo])
+    })
+}
+
+/// Writes rows `rows` of a plain `f32` column held in `pieces` into `offset` of each
+/// `stride`-long row of `out`. A value may be cut between two pieces.
+fn write_pieces(
+    pieces: &[Buffer],
+    out: &mut [f32],
+    stride: usize,
+    offset: usize,
+    rows: std::ops::Range<usize>,
+) {
+    let mut dst =
+        out[rows.start * stride..rows.end * stride].iter_mut().skip(offset).step_by(stride);
+    let mut put = |v: [u8; 4]| {
+        if let Some(dst) = dst.next() {
+            *dst = f32::from_ne_bytes(v);
+        }
+    };
+    // The bytes of a value cut between pieces.
+    let (mut cut, mut held) = ([0u8; 4], 0);
+    let bytes = rows.start * size_of::<f32>()..rows.end * size_of::<f32>();
+    for mut run in piece_runs(pieces, bytes) {
+        if held > 0 {
+            let k = (4 - held).min(run.len());
+            cut[held..held + k].copy_from_slice(&run[..k]);
+            (held, run) = (held + k, &run[k..]);
+            if held < 4 {
+                continue;
+            }
+            put(cut);
+        }
+        let mut values = run.chunks_exact(4);
+        for v in &mut values {
+            put([v[0], v[1], v[2], v[3]]);
+        }
+        let rest = values.remainder();
+        cut[..rest.len()].copy_from_slice(rest);
+        held = rest.len();
     }
 }
 
@@ -493,11 +647,11 @@ fn transpose8_rows(cols: [&[f32]; 8], out: &mut [f32], stride: usize, offset: us
 /// `slope scan` put a quarter of the decode time in this loop before.
 ///
 /// # Safety
-/// The CPU must support AVX, every column must hold at least `out.len() / stride` values, and
-/// `offset + 8 <= stride`.
+/// The CPU must support AVX, every column must hold at least `out.len() / stride` values (four
+/// bytes each), and `offset + 8 <= stride`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx")]
-unsafe fn transpose8_avx(cols: [&[f32]; 8], out: &mut [f32], stride: usize, offset: usize) {
+unsafe fn transpose8_avx(cols: [&[u8]; 8], out: &mut [f32], stride: usize, offset: usize) {
     use std::arch::x86_64::{
         _mm256_loadu_ps, _mm256_permute2f128_ps, _mm256_shuffle_ps, _mm256_storeu_ps,
         _mm256_unpackhi_ps, _mm256_unpacklo_ps,
@@ -505,9 +659,11 @@ unsafe fn transpose8_avx(cols: [&[f32]; 8], out: &mut [f32], stride: usize, offs
     let rows = out.len() / stride;
     let whole = rows / 8 * 8;
     for r in (0..whole).step_by(8) {
-        // SAFETY: rows r..r + 8 exist in every column, as the caller guarantees.
-        let v: [_; 8] =
-            std::array::from_fn(|k| unsafe { _mm256_loadu_ps(cols[k].as_ptr().add(r)) });
+        // SAFETY: rows r..r + 8 exist in every column, as the caller guarantees, and an
+        // unaligned load may read from any address.
+        let v: [_; 8] = std::array::from_fn(|k| unsafe {
+            _mm256_loadu_ps(cols[k].as_ptr().add(r * size_of::<f32>()).cast::<f32>())
+        });
         let t = [
             _mm256_unpacklo_ps(v[0], v[1]),
             _mm256_unpackhi_ps(v[0], v[1]),
@@ -735,7 +891,7 @@ mod tests {
                 sums: None,
             };
             let mut block = Block::default();
-            let result = decoder.decode(&batch, 1000, &mut block);
+            let result = decoder.decode(&Batch::Arrow(batch.clone()), 1000, &mut block);
             if on_invalid == OnInvalid::Error {
                 let e = result.unwrap_err().to_string();
                 assert!(e.contains("an infinity") && e.contains("c4"), "{e}");
@@ -813,7 +969,7 @@ mod tests {
                 sums: Some(&log),
             };
             let mut block = Block { sums: vec![7.0], ..Block::default() };
-            decoder.decode(&batch, 0, &mut block).unwrap();
+            decoder.decode(&Batch::Arrow(batch), 0, &mut block).unwrap();
             let mut seen = Vec::new();
             let mut at = 0;
             while at < block.sums.len() {
@@ -839,12 +995,17 @@ mod tests {
     }
 
     #[test]
-    fn transpose8_places_every_value_whatever_the_row_count() {
+    fn transpose8_places_every_value_whatever_the_row_count_and_alignment() {
         for rows in [0, 1, 7, 8, 9, 63, 64, 65] {
             for (stride, offset) in [(8, 0), (11, 3), (24, 16)] {
-                let cols: Vec<Vec<f32>> =
-                    (0..8).map(|k| (0..rows).map(|r| (r * 8 + k) as f32).collect()).collect();
-                let cols: [&[f32]; 8] = std::array::from_fn(|k| cols[k].as_slice());
+                // Column k starts k bytes into its buffer, so most are unaligned.
+                let cols: Vec<Vec<u8>> = (0..8)
+                    .map(|k| {
+                        let values = (0..rows).flat_map(|r| ((r * 8 + k) as f32).to_ne_bytes());
+                        std::iter::repeat_n(0xAA, k).chain(values).collect()
+                    })
+                    .collect();
+                let cols: [&[u8]; 8] = std::array::from_fn(|k| &cols[k][k..]);
                 let mut out = vec![-1.0f32; rows * stride];
                 transpose8(cols, &mut out, stride, offset);
                 for r in 0..rows {
@@ -862,6 +1023,72 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// A column's bytes cut into pieces at `cuts`, each piece in a buffer of its own at an odd
+    /// address, as the page path hands them over.
+    fn pieces_of(values: &[f32], cuts: &[usize]) -> Vec<Buffer> {
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_ne_bytes()).collect();
+        let mut bounds = vec![0];
+        bounds.extend(cuts.iter().copied().filter(|&c| 0 < c && c < bytes.len()));
+        bounds.push(bytes.len());
+        bounds.dedup();
+        bounds
+            .windows(2)
+            .map(|w| {
+                let odd: Vec<u8> =
+                    std::iter::once(0).chain(bytes[w[0]..w[1]].iter().copied()).collect();
+                Buffer::from(odd).slice(1)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn page_pieces_decode_to_the_same_block_as_arrow_arrays() {
+        let rows = 2 * TRANSPOSE_ROWS + 37;
+        let raw = |r: usize, c: usize| {
+            (r as f32 + 0.25) * if c.is_multiple_of(2) { 1.5 } else { -0.5 } + c as f32
+        };
+        let (plan, batch) = batch_of(rows, raw);
+        let affine = Affine { shift: vec![1.0; 9], scale: vec![0.5; 9] };
+        let log = BlockSums::new(|x, y, out| {
+            out.push(y.len() as f64);
+            out.extend(x.iter().chain(y).map(|&v| f64::from(v)));
+        });
+        // Cuts inside a value, on value boundaries, at a tile's edge and not at all, different
+        // in every column.
+        let tile = TRANSPOSE_ROWS * 4;
+        let cuts = |c: usize| match c % 4 {
+            0 => vec![],
+            1 => vec![1, 4 * 100 + 2, tile, tile + 3],
+            2 => vec![tile - 4, 2 * tile + 1],
+            _ => (1..rows * 4).step_by(997 + c).collect(),
+        };
+        for transform in [None, Some(&affine)] {
+            let decoder = Decoder {
+                plan: &plan,
+                on_invalid: OnInvalid::Error,
+                transform,
+                split: None,
+                path: Path::new("t.parquet"),
+                row_group: 0,
+                sums: Some(&log),
+            };
+            let mut want = Block::default();
+            decoder.decode(&Batch::Arrow(batch.clone()), 0, &mut want).unwrap();
+            let columns = (0..10)
+                .map(|c| {
+                    let values: Vec<f32> = (0..rows).map(|r| raw(r, c)).collect();
+                    pieces_of(&values, &cuts(c))
+                })
+                .collect();
+            let plain = Batch::Plain(PlainBatch::new(rows, columns));
+            let mut got = Block::default();
+            decoder.decode(&plain, 0, &mut got).unwrap();
+            assert_eq!((got.rows, &got.x, &got.y), (want.rows, &want.x, &want.y));
+            let bits = |v: &[f64]| v.iter().map(|s| s.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got.sums), bits(&want.sums));
         }
     }
 }

@@ -24,7 +24,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 
-use arrow_array::RecordBatch;
 use arrow_schema::ArrowError;
 use crossbeam_channel::{Receiver, Sender, bounded};
 use parquet::arrow::ProjectionMask;
@@ -34,7 +33,7 @@ use parquet::arrow::arrow_reader::{
 use parquet::file::reader::ChunkReader;
 
 use crate::dataset::{ColumnPlan, Dataset, IoMode, Shard, Unit};
-use crate::decode::{Affine, Block, Decoder, OnInvalid, Split};
+use crate::decode::{Affine, Batch, Block, Decoder, OnInvalid, Split};
 use crate::error::{Error, Result};
 use crate::pages::{PlainPages, Source, Unsupported};
 
@@ -403,13 +402,13 @@ impl RowGroupBatches<'_> {
 }
 
 impl Iterator for RowGroupBatches<'_> {
-    type Item = std::result::Result<RecordBatch, ArrowError>;
+    type Item = std::result::Result<Batch, ArrowError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
             match &mut self.source {
                 BatchSource::Pages(pages) => match pages.next_batch() {
-                    Ok(Some(batch)) => return Some(Ok(batch)),
+                    Ok(Some(batch)) => return Some(Ok(Batch::Plain(batch))),
                     Ok(None) => self.source = BatchSource::Done,
                     Err(Unsupported) => {
                         let (shard, plan) = (self.shard, self.plan);
@@ -437,7 +436,7 @@ impl Iterator for RowGroupBatches<'_> {
                 },
                 BatchSource::Arrow(reader) => {
                     return match in_parquet_crate(|| reader.next()) {
-                        Ok(next) => next,
+                        Ok(next) => next.map(|batch| batch.map(Batch::Arrow)),
                         Err(panic) => {
                             self.source = BatchSource::Done;
                             Some(Err(ArrowError::ParquetError(panic)))
