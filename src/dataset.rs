@@ -1,9 +1,15 @@
 //! Shards, their row groups, and the columns chosen from them.
 //!
 //! A [`Dataset`] is what the user's input paths name: Parquet files, folders (every `*.parquet`
-//! below them, in sorted order) and glob patterns, mixed. Opening it reads every shard's footer
-//! once, so that a broken shard is reported before any training starts, and so that decode
-//! workers can later open row groups without parsing the footer again.
+//! below them, in sorted order) and glob patterns, mixed. Opening it parses every shard's footer
+//! once, so that a broken shard is reported before any training starts.
+//!
+//! A parsed footer holds about 30 KB per row group of 65 columns, which grows with the data: a
+//! terabyte of such row groups would hold a gigabyte of footers. So a [`Shard`] keeps only what
+//! is the same for all its row groups (the schema, the key-value metadata) and, per row group,
+//! its size and where its `RowGroup` struct lies in the file; a decode worker parses that one
+//! struct again when it opens the row group ([`Shard::row_group_meta`]), a few microseconds
+//! against the milliseconds of decoding it.
 //!
 //! A [`ColumnPlan`] says which columns become features and which is the target. It is resolved
 //! against the first shard and then checked against every other one: shards must agree on the
@@ -17,9 +23,15 @@ use arrow_schema::{DataType, Field, Schema};
 use bytes::Bytes;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
+use parquet::errors::ParquetError;
+use parquet::file::metadata::{
+    FileMetaData, ParquetMetaData, ParquetMetaDataOptions, ParquetMetaDataReader, RowGroupMetaData,
+};
+use parquet::schema::types::SchemaDescriptor;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::thrift::{Compact, LIST, STRUCT};
 
 /// How shard bytes reach the decoder.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,30 +63,51 @@ impl std::fmt::Display for IoMode {
     }
 }
 
-/// One Parquet file of the dataset, with its footer already parsed.
+/// One Parquet file of the dataset, with what its footer says about it.
 #[derive(Clone, Debug)]
 pub struct Shard {
     pub path: PathBuf,
     /// File size in bytes.
     pub bytes: u64,
-    pub(crate) meta: ArrowReaderMetadata,
     pub(crate) io: IoMode,
+    /// The footer without its row groups.
+    file: FileMetaData,
+    schema: Arc<Schema>,
+    row_groups: Vec<RowGroupEntry>,
+    /// Each leaf column's largest uncompressed column chunk, over the row groups.
+    largest_chunks: Vec<u64>,
+    /// The whole parsed footer, kept only where its row groups could not be found in its bytes
+    /// (never so far: the parquet crate would not have parsed it either).
+    parsed: Option<Arc<ParquetMetaData>>,
+    /// Memory the shard's footer takes as kept here.
+    footer_bytes: u64,
+}
+
+/// What a [`Shard`] keeps of one row group's metadata.
+#[derive(Clone, Debug)]
+struct RowGroupEntry {
+    rows: usize,
+    compressed: u64,
+    /// The ordinal the parquet crate gave it, which a lone row group parsed again lacks.
+    ordinal: Option<i32>,
+    /// Where its Thrift `RowGroup` struct lies in the file.
+    thrift: std::ops::Range<u64>,
 }
 
 impl Shard {
     /// Rows in the whole shard.
     pub fn rows(&self) -> u64 {
-        self.meta.metadata().file_metadata().num_rows().max(0) as u64
+        self.file.num_rows().max(0) as u64
     }
 
     /// Number of row groups.
     pub fn row_groups(&self) -> usize {
-        self.meta.metadata().num_row_groups()
+        self.row_groups.len()
     }
 
     /// Rows in one row group.
     pub fn row_group_rows(&self, row_group: usize) -> usize {
-        self.meta.metadata().row_group(row_group).num_rows().max(0) as usize
+        self.row_groups[row_group].rows
     }
 
     /// Maps the whole file read-only; the mapping lasts as long as the returned bytes.
@@ -85,8 +118,138 @@ impl Shard {
 
     /// The Arrow schema the shard decodes to.
     pub fn schema(&self) -> &Arc<Schema> {
-        self.meta.schema()
+        &self.schema
     }
+
+    /// The Parquet schema: the leaf columns.
+    pub(crate) fn parquet_schema(&self) -> &SchemaDescriptor {
+        self.file.schema_descr()
+    }
+
+    /// Row group `row_group`'s metadata, parsed again from the footer's bytes: in `map` (the
+    /// mapped file) where given, else read from the file. It is what the whole footer's parse
+    /// gave for that row group.
+    pub(crate) fn row_group_meta(
+        &self,
+        row_group: usize,
+        map: Option<&Bytes>,
+    ) -> Result<RowGroupMetaData> {
+        if let Some(parsed) = &self.parsed {
+            return Ok(parsed.row_group(row_group).clone());
+        }
+        let entry = &self.row_groups[row_group];
+        let failed = |source: ParquetError| Error::Decode {
+            path: self.path.clone(),
+            row_group,
+            columns: "its metadata in the footer".to_string(),
+            source: Box::new(source),
+        };
+        let range =
+            usize::try_from(entry.thrift.start).ok().zip(usize::try_from(entry.thrift.end).ok());
+        let bytes = match (map, range) {
+            (Some(map), Some((start, end))) if end <= map.len() => map.slice(start..end),
+            (Some(_), _) => return Err(failed(ParquetError::EOF("the file is shorter".into()))),
+            (None, _) => Bytes::from(
+                read_at(&self.path, entry.thrift.clone())
+                    .map_err(|e| failed(ParquetError::External(Box::new(e))))?,
+            ),
+        };
+        let meta = parse_row_group(&self.file, &bytes).map_err(failed)?;
+        if meta.num_rows() != entry.rows as i64 {
+            let changed = format!("{} rows, where the footer said {}", meta.num_rows(), entry.rows);
+            return Err(failed(ParquetError::General(changed)));
+        }
+        match entry.ordinal {
+            Some(ordinal) if meta.ordinal() != Some(ordinal) => {
+                meta.into_builder().set_ordinal(ordinal).build().map_err(failed)
+            }
+            _ => Ok(meta),
+        }
+    }
+
+    /// The parquet crate's reader metadata of one row group, as [`Shard::row_group_meta`] gives
+    /// it: the row group is its only one, at index 0.
+    pub(crate) fn reader_meta(
+        &self,
+        row_group: &RowGroupMetaData,
+    ) -> parquet::errors::Result<ArrowReaderMetadata> {
+        let meta = ParquetMetaData::new(self.file.clone(), vec![row_group.clone()]);
+        ArrowReaderMetadata::try_new(Arc::new(meta), ArrowReaderOptions::new())
+    }
+}
+
+/// `range` of the file at `path`.
+fn read_at(path: &Path, range: std::ops::Range<u64>) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = File::open(path)?;
+    let mut bytes =
+        vec![0; usize::try_from(range.end - range.start).map_err(std::io::Error::other)?];
+    file.seek(SeekFrom::Start(range.start))?;
+    file.read_exact(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// Parses one Thrift `RowGroup` struct, `bytes`, of a file whose footer is `file`: as the one
+/// row group of a `FileMetaData` that holds nothing else (the schema is `file`'s, not parsed
+/// again).
+fn parse_row_group(file: &FileMetaData, bytes: &[u8]) -> parquet::errors::Result<RowGroupMetaData> {
+    let zigzag = |v: i64| ((v << 1) ^ (v >> 63)) as u64;
+    let mut footer = Vec::with_capacity(bytes.len() + 24);
+    // Field 1, an i32 (type 5), then field 3 (delta 2), an i64 (type 6).
+    footer.push(0x15);
+    varint(zigzag(i64::from(file.version())), &mut footer);
+    footer.push(0x26);
+    varint(zigzag(file.num_rows()), &mut footer);
+    // Field 4 (delta 1), a list (type 9) of one struct (type 12), then the struct's end.
+    footer.extend_from_slice(&[0x19, 0x1C]);
+    footer.extend_from_slice(bytes);
+    footer.push(0);
+    let options = ParquetMetaDataOptions::new().with_schema(file.schema_descr_ptr());
+    let meta = ParquetMetaDataReader::decode_metadata_with_options(&footer, Some(&options))?;
+    let mut row_groups = meta.into_builder().take_row_groups();
+    match (row_groups.pop(), row_groups.is_empty()) {
+        (Some(row_group), true) => Ok(row_group),
+        _ => Err(ParquetError::General("not one row group".into())),
+    }
+}
+
+fn varint(mut v: u64, out: &mut Vec<u8>) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// Where each row group's `RowGroup` struct lies in `footer`, a Thrift `FileMetaData`; `None`
+/// where the bytes are not laid out as the format says.
+fn row_group_ranges(footer: &[u8]) -> Option<Vec<std::ops::Range<usize>>> {
+    let mut r = Compact { bytes: footer, at: 0 };
+    let mut last = 0;
+    let mut ranges = None;
+    while let Some((kind, id)) = r.field(&mut last)? {
+        if (id, kind) != (4, LIST) {
+            r.skip(kind, 0)?;
+            continue;
+        }
+        let head = r.byte()?;
+        if head & 0x0F != STRUCT {
+            return None;
+        }
+        let n = match head >> 4 {
+            15 => usize::try_from(r.varint()?).ok()?,
+            n => usize::from(n),
+        };
+        // Every struct takes at least its end byte.
+        let mut found = Vec::with_capacity(n.min(footer.len()));
+        for _ in 0..n {
+            let start = r.at;
+            r.skip(STRUCT, 1)?;
+            found.push(start..r.at);
+        }
+        ranges = Some(found);
+    }
+    ranges
 }
 
 /// A row group, the unit of reading and of shuffling.
@@ -131,30 +294,27 @@ impl Dataset {
     /// The largest row group's compressed size: what a worker holds of the file (mapped or read)
     /// while it decodes one.
     pub fn max_row_group_bytes(&self) -> u64 {
-        let groups = self.shards.iter().flat_map(|s| s.meta.metadata().row_groups());
-        groups.map(|rg| rg.compressed_size().max(0) as u64).max().unwrap_or(0)
+        let groups = self.shards.iter().flat_map(|s| &s.row_groups);
+        groups.map(|rg| rg.compressed).max().unwrap_or(0)
     }
 
-    /// The largest row group's uncompressed size in the columns `plan` reads. A worker holds the
-    /// current decompressed page of each of those columns, and no page is larger than its column
-    /// chunk, so this bounds the pages it holds at once. Writers often store a column chunk as
-    /// one page (pyarrow's 1 MiB default page holds a 131,072-row `f32` chunk), and then a
-    /// worker holds all of it.
+    /// A bound on a row group's uncompressed size in the columns `plan` reads: the sum, over
+    /// those columns, of each one's largest chunk. A worker holds the current decompressed page
+    /// of each of those columns, and no page is larger than its column chunk, so this bounds the
+    /// pages it holds at once. Writers often store a column chunk as one page (pyarrow's 1 MiB
+    /// default page holds a 131,072-row `f32` chunk), and then a worker holds all of it.
     pub fn max_decoded_row_group_bytes(&self, plan: &ColumnPlan) -> u64 {
-        let per_row_group = self.shards.iter().flat_map(|shard| {
+        let per_shard = self.shards.iter().map(|shard| {
             let mask = plan.projection(shard);
-            shard.meta.metadata().row_groups().iter().map(move |rg| {
-                let chunks = rg.columns().iter().enumerate();
-                let chosen = chunks.filter(|(leaf, _)| mask.leaf_included(*leaf));
-                chosen.map(|(_, chunk)| chunk.uncompressed_size().max(0) as u64).sum::<u64>()
-            })
+            let chunks = shard.largest_chunks.iter().enumerate();
+            chunks.filter(|(leaf, _)| mask.leaf_included(*leaf)).map(|(_, &bytes)| bytes).sum()
         });
-        per_row_group.max().unwrap_or(0)
+        per_shard.max().unwrap_or(0)
     }
 
-    /// Memory held by every shard's parsed footer.
+    /// Memory held by what every shard keeps of its footer.
     pub fn metadata_bytes(&self) -> u64 {
-        self.shards.iter().map(|s| s.meta.metadata().memory_size() as u64).sum()
+        self.shards.iter().map(|s| s.footer_bytes).sum()
     }
 
     /// Names the input in messages: the shard, or the first shard and how many others.
@@ -254,12 +414,81 @@ fn open_shard(path: PathBuf, io: IoMode) -> Result<Shard> {
     let file = File::open(&path).map_err(|e| Error::io(&path, "open", e))?;
     let bytes = file.metadata().map_err(|e| Error::io(&path, "read", e))?.len();
     let options = ArrowReaderOptions::new();
-    let meta = match io {
-        IoMode::Mmap => ArrowReaderMetadata::load(&map_file(&file, &path)?, options),
-        IoMode::Read => ArrowReaderMetadata::load(&file, options),
+    let (meta, map) = match io {
+        IoMode::Mmap => {
+            let map = map_file(&file, &path)?;
+            (ArrowReaderMetadata::load(&map, options), Some(map))
+        }
+        IoMode::Read => (ArrowReaderMetadata::load(&file, options), None),
     };
     let meta = meta.map_err(|source| Error::NotParquet { path: path.clone(), source })?;
-    Ok(Shard { path, bytes, meta, io })
+    let parsed = meta.metadata();
+    let schema = Arc::clone(meta.schema());
+    // The parquet crate has just read the footer: its length precedes the final magic.
+    let footer_start = {
+        let tail = match &map {
+            Some(map) => map.slice(map.len() - 8..map.len() - 4).to_vec(),
+            None => {
+                read_at(&path, bytes - 8..bytes - 4).map_err(|e| Error::io(&path, "read", e))?
+            }
+        };
+        let len = u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]);
+        bytes - 8 - u64::from(len)
+    };
+    let footer = match &map {
+        Some(map) => map.slice(footer_start as usize..map.len() - 8),
+        None => Bytes::from(
+            read_at(&path, footer_start..bytes - 8).map_err(|e| Error::io(&path, "read", e))?,
+        ),
+    };
+    let mut largest_chunks = vec![0u64; parsed.file_metadata().schema_descr().num_columns()];
+    for rg in parsed.row_groups() {
+        for (largest, chunk) in largest_chunks.iter_mut().zip(rg.columns()) {
+            *largest = (*largest).max(chunk.uncompressed_size().max(0) as u64);
+        }
+    }
+    let ranges = row_group_ranges(&footer).filter(|r| r.len() == parsed.num_row_groups());
+    let row_groups: Vec<RowGroupEntry> = parsed
+        .row_groups()
+        .iter()
+        .enumerate()
+        .map(|(i, rg)| RowGroupEntry {
+            rows: rg.num_rows().max(0) as usize,
+            compressed: rg.compressed_size().max(0) as u64,
+            ordinal: rg.ordinal(),
+            thrift: ranges
+                .as_ref()
+                .map_or(0..0, |r| footer_start + r[i].start as u64..footer_start + r[i].end as u64),
+        })
+        .collect();
+    let mut shard = Shard {
+        path,
+        bytes,
+        io,
+        file: parsed.file_metadata().clone(),
+        schema,
+        row_groups,
+        largest_chunks,
+        parsed: None,
+        footer_bytes: 0,
+    };
+    // One row group parsed again must be what the whole footer's parse gave; else (never seen)
+    // the shard keeps the whole parse.
+    let indexed = ranges.is_some()
+        && parsed.row_groups().first().is_none_or(|first| {
+            shard.row_group_meta(0, map.as_ref()).is_ok_and(|again| &again == first)
+        });
+    if !indexed {
+        tracing::debug!("{}: footer kept whole", shard.path.display());
+        shard.parsed = Some(Arc::clone(parsed));
+    }
+    let kept = ParquetMetaData::new(shard.file.clone(), Vec::new()).memory_size();
+    let parsed_bytes = shard.parsed.as_ref().map_or(0, |p| p.memory_size());
+    shard.footer_bytes = (kept
+        + parsed_bytes
+        + size_of_val(shard.row_groups.as_slice())
+        + size_of_val(shard.largest_chunks.as_slice())) as u64;
+    Ok(shard)
 }
 
 fn map_file(file: &File, path: &Path) -> Result<Bytes> {
@@ -436,7 +665,7 @@ impl ColumnPlan {
         let schema = shard.schema();
         let roots: Vec<usize> =
             self.read_columns().filter_map(|name| schema.index_of(name).ok()).collect();
-        ProjectionMask::roots(shard.meta.parquet_schema(), roots)
+        ProjectionMask::roots(shard.parquet_schema(), roots)
     }
 
     fn check_shard(&self, first: &Shard, shard: &Shard) -> Result<()> {
@@ -515,5 +744,126 @@ fn feature_column(field: &Field) -> Option<FeatureColumn> {
             Some(FeatureColumn { name: field.name().clone(), width: *size as usize, list: true })
         }
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::{ArrayRef, Float32Array, RecordBatch};
+    use parquet::arrow::ArrowWriter;
+    use parquet::file::properties::{EnabledStatistics, WriterProperties};
+
+    /// A file of `rows` rows of three `f32` columns (one of them optional, with nulls), in row
+    /// groups of at most `group` rows.
+    fn write(path: &Path, rows: usize, group: usize, statistics: EnabledStatistics) {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("a", DataType::Float32, false),
+            Field::new("b", DataType::Float32, true),
+            Field::new("y", DataType::Float32, false),
+        ]));
+        let column = |f: fn(usize) -> Option<f32>| -> ArrayRef {
+            Arc::new(Float32Array::from((0..rows).map(f).collect::<Vec<_>>()))
+        };
+        let columns = vec![
+            column(|r| Some(r as f32)),
+            column(|r| (r % 7 != 3).then_some(r as f32 * 0.5)),
+            column(|r| Some(-(r as f32))),
+        ];
+        let batch = RecordBatch::try_new(Arc::clone(&schema), columns).unwrap();
+        let props = WriterProperties::builder()
+            .set_max_row_group_row_count(Some(group))
+            .set_statistics_enabled(statistics)
+            .set_key_value_metadata(Some(vec![parquet::file::metadata::KeyValue::new(
+                "origin".into(),
+                "slope's tests".to_string(),
+            )]))
+            .build();
+        let mut writer =
+            ArrowWriter::try_new(File::create(path).unwrap(), schema, Some(props)).unwrap();
+        writer.write(&batch).unwrap();
+        writer.close().unwrap();
+    }
+
+    fn map_of(shard: &Shard) -> Option<Bytes> {
+        (shard.io == IoMode::Mmap).then(|| shard.map().unwrap())
+    }
+
+    #[test]
+    fn row_groups_parsed_again_are_what_the_whole_footer_gave() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.parquet");
+        // One row group; three; and twenty, whose list header takes a second byte.
+        for (rows, group) in [(50, 100), (250, 100), (400, 20)] {
+            for statistics in [EnabledStatistics::None, EnabledStatistics::Page] {
+                write(&path, rows, group, statistics);
+                let whole = ArrowReaderMetadata::load(
+                    &File::open(&path).unwrap(),
+                    ArrowReaderOptions::new(),
+                )
+                .unwrap();
+                let whole = whole.metadata();
+                for io in [IoMode::Mmap, IoMode::Read] {
+                    let shard = open_shard(path.clone(), io).unwrap();
+                    assert!(shard.parsed.is_none(), "{rows} rows: footer indexed");
+                    assert_eq!(shard.row_groups(), rows.div_ceil(group));
+                    assert_eq!(shard.rows(), rows as u64);
+                    let map = map_of(&shard);
+                    for rg in 0..shard.row_groups() {
+                        let again = shard.row_group_meta(rg, map.as_ref()).unwrap();
+                        assert_eq!(&again, whole.row_group(rg), "{rows} rows, row group {rg}");
+                        let reader = shard.reader_meta(&again).unwrap();
+                        assert_eq!(reader.schema(), shard.schema());
+                        assert_eq!(reader.metadata().file_metadata(), whole.file_metadata());
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_shard_keeps_a_few_bytes_per_row_group_of_its_footer() {
+        let dir = tempfile::tempdir().unwrap();
+        let (few, many) = (dir.path().join("few.parquet"), dir.path().join("many.parquet"));
+        write(&few, 2_000, 1_000, EnabledStatistics::Page);
+        write(&many, 2_000, 10, EnabledStatistics::Page);
+        let (few, many) =
+            (open_shard(few, IoMode::Mmap).unwrap(), open_shard(many, IoMode::Mmap).unwrap());
+        let parsed = |s: &Shard| {
+            ArrowReaderMetadata::load(&s.map().unwrap(), ArrowReaderOptions::new())
+                .unwrap()
+                .metadata()
+                .memory_size() as u64
+        };
+        let per_group = |a: u64, b: u64| (b - a) / (many.row_groups() - few.row_groups()) as u64;
+        let kept = per_group(few.footer_bytes, many.footer_bytes);
+        let whole = per_group(parsed(&few), parsed(&many));
+        // Three columns take about 1.5 KB a row group parsed, and a few dozen bytes here.
+        assert!(kept <= 64, "{kept} bytes kept per row group");
+        assert!(kept * 10 < whole, "{kept} bytes kept per row group, {whole} parsed");
+    }
+
+    #[test]
+    fn a_shard_rewritten_after_it_was_opened_fails_with_a_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.parquet");
+        for io in [IoMode::Mmap, IoMode::Read] {
+            write(&path, 300, 100, EnabledStatistics::Page);
+            let shard = open_shard(path.clone(), io).unwrap();
+            // Fewer, larger row groups, and a shorter file.
+            write(&path, 120, 60, EnabledStatistics::None);
+            let map = map_of(&shard);
+            for rg in 0..shard.row_groups() {
+                if let Err(e) = shard.row_group_meta(rg, map.as_ref()) {
+                    let message = e.to_string();
+                    assert!(
+                        message.contains("t.parquet") && message.contains("row group"),
+                        "{message}"
+                    );
+                }
+            }
+            let last = shard.row_groups() - 1;
+            assert!(shard.row_group_meta(last, map.as_ref()).is_err(), "{io}: row group {last}");
+        }
     }
 }

@@ -26,6 +26,7 @@ pub mod schedule;
 pub mod shuffle;
 pub mod solve;
 pub mod stats;
+mod thrift;
 pub mod train;
 
 pub use error::{Error, ErrorClass, Result};

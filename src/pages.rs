@@ -34,9 +34,11 @@ use arrow_schema::DataType;
 use bytes::Bytes;
 use parquet::basic::{Compression, Encoding, Type as PhysicalType};
 use parquet::column::page::{Page, PageReader};
+use parquet::file::metadata::RowGroupMetaData;
 use parquet::file::serialized_reader::SerializedPageReader;
 
 use crate::dataset::{ColumnPlan, Shard};
+use crate::thrift::{Compact, FALSE, I32, STRUCT, TRUE, uleb128};
 
 /// Why a page cannot be read on this path; the rest of the row group goes to the parquet crate.
 #[derive(Debug)]
@@ -103,7 +105,7 @@ impl PlainPages {
     pub fn open(
         shard: &Shard,
         plan: &ColumnPlan,
-        row_group: usize,
+        meta: &RowGroupMetaData,
         batch_rows: usize,
         source: &Source,
     ) -> Option<PlainPages> {
@@ -112,8 +114,7 @@ impl PlainPages {
         if !plan.keep.is_empty() || batch_rows == 0 || cfg!(target_endian = "big") {
             return None;
         }
-        let meta = shard.meta.metadata().row_group(row_group);
-        let leaves = shard.meta.parquet_schema();
+        let leaves = shard.parquet_schema();
         let arrow = shard.schema();
         let rows = usize::try_from(meta.num_rows()).ok()?;
         let mut columns = Vec::new();
@@ -673,109 +674,6 @@ fn known_encoding(encoding: i32) -> bool {
     (0..=9).contains(&encoding)
 }
 
-// Thrift compact protocol type codes.
-const TRUE: u8 = 1;
-const FALSE: u8 = 2;
-const I32: u8 = 5;
-const STRUCT: u8 = 12;
-
-/// A reader of Thrift's compact protocol, as far as page headers need it.
-struct Compact<'a> {
-    bytes: &'a [u8],
-    at: usize,
-}
-
-impl Compact<'_> {
-    fn byte(&mut self) -> Option<u8> {
-        let b = *self.bytes.get(self.at)?;
-        self.at += 1;
-        Some(b)
-    }
-
-    fn varint(&mut self) -> Option<u64> {
-        let (value, used) = uleb128(self.bytes.get(self.at..)?)?;
-        self.at += used;
-        Some(value)
-    }
-
-    fn i32(&mut self) -> Option<i32> {
-        let v = self.varint()?;
-        i32::try_from((v >> 1) as i64 ^ -((v & 1) as i64)).ok()
-    }
-
-    /// The next field's type and id, `None` at the end of the struct (`Some` wraps parse
-    /// success). `last` is the previous field's id, from which ids are deltas.
-    fn field(&mut self, last: &mut i16) -> Option<Option<(u8, i16)>> {
-        let b = self.byte()?;
-        if b == 0 {
-            return Some(None);
-        }
-        let delta = i16::from(b >> 4);
-        let id = if delta == 0 {
-            let v = self.varint()?;
-            i16::try_from((v >> 1) as i64 ^ -((v & 1) as i64)).ok()?
-        } else {
-            last.checked_add(delta)?
-        };
-        *last = id;
-        Some(Some((b & 0x0F, id)))
-    }
-
-    /// Skips one element of a list, set or map: as [`Compact::skip`], except that a boolean
-    /// element, unlike a boolean field, takes a byte.
-    fn skip_element(&mut self, kind: u8, depth: usize) -> Option<()> {
-        if kind == TRUE || kind == FALSE { self.byte().map(drop) } else { self.skip(kind, depth) }
-    }
-
-    /// Skips one field's value of type `kind`; `depth` bounds the nesting of damaged input.
-    fn skip(&mut self, kind: u8, depth: usize) -> Option<()> {
-        if depth > 16 {
-            return None;
-        }
-        match kind {
-            // A boolean field's value is its type code.
-            TRUE | FALSE => {}
-            3 => self.at += 1,
-            4..=6 => {
-                self.varint()?;
-            }
-            7 => self.at += 8,
-            8 => {
-                let len = usize::try_from(self.varint()?).ok()?;
-                self.at = self.at.checked_add(len)?;
-            }
-            9 | 10 => {
-                let head = self.byte()?;
-                let len = match head >> 4 {
-                    15 => usize::try_from(self.varint()?).ok()?,
-                    n => usize::from(n),
-                };
-                for _ in 0..len {
-                    self.skip_element(head & 0x0F, depth + 1)?;
-                }
-            }
-            11 => {
-                let len = self.varint()?;
-                if len > 0 {
-                    let types = self.byte()?;
-                    for _ in 0..len {
-                        self.skip_element(types >> 4, depth + 1)?;
-                        self.skip_element(types & 0x0F, depth + 1)?;
-                    }
-                }
-            }
-            STRUCT => {
-                let mut last = 0;
-                while let Some((kind, _)) = self.field(&mut last)? {
-                    self.skip(kind, depth + 1)?;
-                }
-            }
-            _ => return None,
-        }
-        (self.at <= self.bytes.len()).then_some(())
-    }
-}
-
 /// Whether `levels`, exactly `n` definition levels in the RLE/bit-packed hybrid with bit width
 /// 1, are all 1: no value of the page is null. Levels that say more or fewer than `n` values, or
 /// bytes after them, are not trusted: the parquet crate's reader gets the page and its verdict.
@@ -815,18 +713,6 @@ fn all_defined(levels: &[u8], n: usize) -> bool {
         }
     }
     rest.is_empty()
-}
-
-/// An unsigned LEB128 number and the bytes it took.
-fn uleb128(bytes: &[u8]) -> Option<(u64, usize)> {
-    let mut value = 0u64;
-    for (i, &b) in bytes.iter().take(10).enumerate() {
-        value |= u64::from(b & 0x7F) << (7 * i);
-        if b & 0x80 == 0 {
-            return Some((value, i + 1));
-        }
-    }
-    None
 }
 
 #[cfg(test)]

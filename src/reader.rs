@@ -27,9 +27,11 @@ use std::thread::JoinHandle;
 use arrow_schema::ArrowError;
 use crossbeam_channel::{Receiver, Sender, bounded};
 use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::ArrowReaderMetadata;
 use parquet::arrow::arrow_reader::{
     ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder, RowSelection, RowSelector,
 };
+use parquet::file::metadata::RowGroupMetaData;
 use parquet::file::reader::ChunkReader;
 
 use crate::dataset::{ColumnPlan, Dataset, IoMode, Shard, Unit};
@@ -361,7 +363,9 @@ impl Worker {
         };
         let mut first_row = 0;
         while let Some(batch) = reader.next() {
-            let batch = batch.map_err(|e| decode_failure(shard, &self.plan, unit.row_group, e))?;
+            let batch = batch.map_err(|e| {
+                decode_failure(shard, &self.plan, (unit.row_group, &reader.meta), e)
+            })?;
             let count =
                 if reader.reading_pages() { &self.counts.pages } else { &self.counts.parquet };
             count.fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
@@ -384,6 +388,8 @@ pub(crate) struct RowGroupBatches<'a> {
     shard: &'a Shard,
     plan: &'a ColumnPlan,
     row_group: usize,
+    /// The row group's metadata, parsed again from the footer ([`Shard::row_group_meta`]).
+    meta: RowGroupMetaData,
     batch_rows: usize,
     source: BatchSource,
 }
@@ -422,7 +428,7 @@ impl Iterator for RowGroupBatches<'_> {
                         match open_arrow_row_group(
                             shard,
                             plan,
-                            self.row_group,
+                            (self.row_group, &self.meta),
                             self.batch_rows,
                             skip,
                         ) {
@@ -457,28 +463,40 @@ pub(crate) fn open_row_group<'a>(
     batch_rows: usize,
     decoder: Decoding,
 ) -> Result<RowGroupBatches<'a>> {
-    let pages = match (decoder, shard.io) {
+    let map = match shard.io {
+        IoMode::Mmap => Some(shard.map()?),
+        IoMode::Read => None,
+    };
+    let meta = shard.row_group_meta(row_group, map.as_ref())?;
+    let pages = match (decoder, map) {
         (Decoding::Arrow, _) => None,
-        (Decoding::Pages, IoMode::Mmap) => {
-            PlainPages::open(shard, plan, row_group, batch_rows, &Source::Mapped(shard.map()?))
+        (Decoding::Pages, Some(map)) => {
+            PlainPages::open(shard, plan, &meta, batch_rows, &Source::Mapped(map))
         }
-        (Decoding::Pages, IoMode::Read) => {
+        (Decoding::Pages, None) => {
             let file = File::open(&shard.path).map_err(|e| Error::io(&shard.path, "open", e))?;
-            PlainPages::open(shard, plan, row_group, batch_rows, &Source::Read(Arc::new(file)))
+            PlainPages::open(shard, plan, &meta, batch_rows, &Source::Read(Arc::new(file)))
         }
     };
     let source = match pages {
         Some(pages) => BatchSource::Pages(pages),
-        None => BatchSource::Arrow(open_arrow_row_group(shard, plan, row_group, batch_rows, 0)?),
+        None => BatchSource::Arrow(open_arrow_row_group(
+            shard,
+            plan,
+            (row_group, &meta),
+            batch_rows,
+            0,
+        )?),
     };
-    Ok(RowGroupBatches { shard, plan, row_group, batch_rows, source })
+    Ok(RowGroupBatches { shard, plan, row_group, meta, batch_rows, source })
 }
 
-/// The parquet crate's reader of one row group with the plan's columns only, from row `skip`.
+/// The parquet crate's reader of one row group (its index and metadata) with the plan's columns
+/// only, from row `skip`.
 fn open_arrow_row_group(
     shard: &Shard,
     plan: &ColumnPlan,
-    row_group: usize,
+    (row_group, meta): (usize, &RowGroupMetaData),
     batch_rows: usize,
     skip: usize,
 ) -> Result<ParquetRecordBatchReader> {
@@ -487,35 +505,37 @@ fn open_arrow_row_group(
     let selection = (skip > 0).then(|| {
         RowSelection::from(vec![RowSelector::skip(skip), RowSelector::select(rows - skip)])
     });
-    let built = match shard.io {
-        IoMode::Mmap => build_reader(shard.map()?, shard, mask, row_group, batch_rows, selection),
-        IoMode::Read => {
-            // The parquet crate's `File` reader seeks a shared handle, so each reader opens its
-            // own.
-            let file = File::open(&shard.path).map_err(|e| Error::io(&shard.path, "open", e))?;
-            build_reader(file, shard, mask, row_group, batch_rows, selection)
-        }
-    };
-    built.map_err(|e| Error::Decode {
+    let failed = |e: parquet::errors::ParquetError| Error::Decode {
         path: shard.path.clone(),
         row_group,
         columns: describe_columns(plan),
         source: Box::new(e),
-    })
+    };
+    let meta = shard.reader_meta(meta).map_err(failed)?;
+    let built = match shard.io {
+        IoMode::Mmap => build_reader(shard.map()?, meta, mask, batch_rows, selection),
+        IoMode::Read => {
+            // The parquet crate's `File` reader seeks a shared handle, so each reader opens its
+            // own.
+            let file = File::open(&shard.path).map_err(|e| Error::io(&shard.path, "open", e))?;
+            build_reader(file, meta, mask, batch_rows, selection)
+        }
+    };
+    built.map_err(failed)
 }
 
-/// The parquet crate's reader of `row_group`'s `mask` columns from `input`, the shard's bytes.
+/// The parquet crate's reader of the `mask` columns of the one row group in `meta` from
+/// `input`, the shard's bytes.
 fn build_reader<T: ChunkReader + 'static>(
     input: T,
-    shard: &Shard,
+    meta: ArrowReaderMetadata,
     mask: ProjectionMask,
-    row_group: usize,
     batch_rows: usize,
     selection: Option<RowSelection>,
 ) -> parquet::errors::Result<ParquetRecordBatchReader> {
-    let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(input, shard.meta.clone())
+    let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(input, meta)
         .with_projection(mask)
-        .with_row_groups(vec![row_group])
+        .with_row_groups(vec![0])
         .with_batch_size(batch_rows);
     match selection {
         Some(selection) => builder.with_row_selection(selection).build(),
@@ -533,12 +553,12 @@ fn describe_columns(plan: &ColumnPlan) -> String {
 fn decode_failure(
     shard: &Shard,
     plan: &ColumnPlan,
-    row_group: usize,
+    (row_group, meta): (usize, &RowGroupMetaData),
     error: arrow_schema::ArrowError,
 ) -> Error {
     let culprit = plan.read_columns().find(|&name| {
         let single = ColumnPlan::single(name);
-        match open_arrow_row_group(shard, &single, row_group, DEFAULT_BLOCK_ROWS, 0) {
+        match open_arrow_row_group(shard, &single, (row_group, meta), DEFAULT_BLOCK_ROWS, 0) {
             Ok(reader) => {
                 in_parquet_crate(|| reader.into_iter().any(|b| b.is_err())).unwrap_or(true)
             }
