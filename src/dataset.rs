@@ -154,7 +154,10 @@ impl Shard {
                     .map_err(|e| failed(ParquetError::External(Box::new(e))))?,
             ),
         };
-        let meta = parse_row_group(&self.file, &bytes).map_err(failed)?;
+        // Bytes that changed since the shard was opened reach the parquet crate's parser here.
+        let meta = crate::reader::in_parquet_crate(|| parse_row_group(&self.file, &bytes))
+            .map_err(|panic| failed(ParquetError::General(panic)))?
+            .map_err(failed)?;
         if meta.num_rows() != entry.rows as i64 {
             let changed = format!("{} rows, where the footer said {}", meta.num_rows(), entry.rows);
             return Err(failed(ParquetError::General(changed)));

@@ -149,7 +149,10 @@ impl<'b> Column<'b> {
     ) {
         match self {
             Column::Array(array) => write_feature(array, out, stride, offset, width, rows),
-            Column::Plain(pieces) => write_pieces(pieces, out, stride, offset, rows),
+            Column::Plain(pieces) => {
+                debug_assert_eq!(width, 1, "a plain column is one feature");
+                write_pieces(pieces, out, stride, offset, rows)
+            }
         }
     }
 }
@@ -239,6 +242,7 @@ impl Decoder<'_> {
         let groups: Vec<([&[Buffer]; 8], usize)> = groups
             .iter()
             .map(|&(first, offset)| {
+                // `f32_groups` grouped only columns that have pieces.
                 let cols = std::array::from_fn(|k| arrays[first + k].f32_pieces().unwrap_or(&[]));
                 (cols, offset)
             })

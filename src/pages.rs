@@ -44,7 +44,7 @@ use crate::thrift::{Compact, FALSE, I32, STRUCT, TRUE, uleb128};
 #[derive(Debug)]
 pub(crate) struct Unsupported;
 
-/// The record batches of one row group, read from its pages.
+/// The batches of one row group, read from its pages.
 pub(crate) struct PlainPages {
     columns: Vec<ColumnPages>,
     batch_rows: usize,
@@ -53,9 +53,10 @@ pub(crate) struct PlainPages {
 }
 
 /// One batch of a row group's chosen columns as their pages hold them, in the order of
-/// [`ColumnPlan::read_columns`]. A column's values are its `rows` little-endian `f32`s, in one or
-/// more pieces (a page, a literal of the mapped file) that lie wherever the pages put them: not
-/// necessarily aligned to four bytes, and a value may even be cut between two pieces.
+/// [`ColumnPlan::read_columns`]. A column's values are its `rows` little-endian `f32`s (the path
+/// runs only on little-endian hosts, where that is native), in one or more pieces (a page, a
+/// literal of the mapped file) that lie wherever the pages put them: not necessarily aligned to
+/// four bytes, and a value may even be cut between two pieces.
 #[derive(Debug)]
 pub(crate) struct PlainBatch {
     pub rows: usize,

@@ -582,7 +582,7 @@ thread_local! {
 /// utilities, on a definition-level run longer than its page: found by `tests/pages.rs`'s byte
 /// sweep), and a damaged file must fail like any other, naming its shard and row group, rather
 /// than as a lost worker.
-fn in_parquet_crate<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+pub(crate) fn in_parquet_crate<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
     IN_PARQUET_CRATE.with(|flag| flag.set(true));
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
     IN_PARQUET_CRATE.with(|flag| flag.set(false));
