@@ -8,7 +8,7 @@
 //! terabyte of such row groups would hold a gigabyte of footers. So a [`Shard`] keeps only what
 //! is the same for all its row groups (the schema, the key-value metadata) and, per row group,
 //! its size and where its `RowGroup` struct lies in the file; a decode worker parses that one
-//! struct again when it opens the row group ([`Shard::row_group_meta`]), a few microseconds
+//! struct again when it opens the row group (`Shard::row_group_meta`), a few microseconds
 //! against the milliseconds of decoding it.
 //!
 //! A [`ColumnPlan`] says which columns become features and which is the target. It is resolved

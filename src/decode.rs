@@ -1,6 +1,6 @@
 //! Decoded row groups: batches of columns turned into row-major `f32` blocks.
 //!
-//! A reader hands over one column at a time ([`Batch`]): Arrow arrays from the parquet crate's
+//! A reader hands over one column at a time (`Batch`): Arrow arrays from the parquet crate's
 //! reader, or a plain `f32` column's bytes as its pages hold them. The trainer wants rows: a
 //! mini-batch is a run of rows drawn from anywhere in the shuffle buffer, and the gradient kernel
 //! walks a row at a time. So each batch is transposed once, here, on a decode worker, into a

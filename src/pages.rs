@@ -6,14 +6,14 @@
 //! On 10M rows × 64 `f32` features those two steps were 18 % of a `slope scan`'s CPU (`perf`:
 //! the value copy 11 %, the zeroing 7 %). For a column stored as `PLAIN` floats without nulls,
 //! the decompressed page already holds the values, so this path hands the decoder slices of the
-//! page ([`PlainBatch`]) wherever they lie: an optional column's values follow its definition
+//! page (`PlainBatch`) wherever they lie: an optional column's values follow its definition
 //! levels at any offset, and the decoder reads them unaligned. A snappy page of incompressible
 //! floats is nothing but literals, and in a mapped file those are read where they lie
-//! ([`PageBytes::Runs`]): a batch's values are slices of the map, one per literal they span.
+//! (`PageBytes::Runs`): a batch's values are slices of the map, one per literal they span.
 //!
 //! The protocol for one row group:
 //!
-//! 1. [`PlainPages::open`] checks the footer: every chosen column is a flat `FLOAT` column that
+//! 1. `PlainPages::open` checks the footer: every chosen column is a flat `FLOAT` column that
 //!    decodes to Arrow `Float32`, with no dictionary page and no nulls counted in its
 //!    statistics. Anything else is read by the parquet crate's reader from the start.
 //! 2. Batches are cut at the same rows as the parquet crate's reader cuts them (`batch_rows`

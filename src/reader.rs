@@ -7,12 +7,12 @@
 //!    and has its own bounded channel to the consumer.
 //! 2. For each of its row groups the worker opens a projected reader (only the plan's columns),
 //!    decodes it a block of at most `block_rows` rows at a time, sends each block, then sends
-//!    [`Msg::UnitDone`].
+//!    `Msg::UnitDone`.
 //! 3. The consumer reads channel `p mod K` until it sees `UnitDone` for position `p`, then moves
 //!    to `p + 1`. Blocks therefore come out in list order, whatever the thread timing, which is
 //!    what makes runs reproducible; and while the consumer drains one channel, the other workers
 //!    decode ahead into theirs.
-//! 4. A worker that fails sends [`Msg::Failed`] with the typed error and stops; the consumer
+//! 4. A worker that fails sends `Msg::Failed` with the typed error and stops; the consumer
 //!    returns it. Dropping the stream raises a cancel flag and drops the receivers, so every
 //!    worker's next send fails and it exits; the drop then joins them all.
 //!
@@ -596,7 +596,7 @@ pub(crate) fn in_parquet_crate<T>(f: impl FnOnce() -> T) -> std::result::Result<
     })
 }
 
-/// Keeps the panic hook quiet about the panics that [`in_parquet_crate`] turns into errors, so
+/// Keeps the panic hook quiet about the panics that `in_parquet_crate` turns into errors, so
 /// that a damaged file's only message is its one-line error; every other panic is reported as
 /// before. For binaries: the hook is the process's.
 pub fn quiet_parquet_crate_panics() {
