@@ -187,6 +187,55 @@ fn page_headers_with_statistics_are_read_from_their_pages() {
     }));
 }
 
+/// Random floats do not compress: each snappy page is nothing but literals, one per 64 KiB of
+/// the page, which the page path reads where they lie in the mapped file. Pages of 20,000 rows
+/// (80 KB of values) hold two literals, so that some blocks take their values from both; in an
+/// optional column the values start after the definition levels, at an offset of their own.
+/// (Pieces that cut a value in two are decoded in `decode.rs`'s unit tests: writers put the
+/// levels' end at a multiple of four bytes from a literal's start.)
+#[test]
+fn incompressible_pages_are_read_where_their_literals_lie() {
+    const ROWS: usize = 45_000;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("noise.parquet");
+    for nullable in [false, true] {
+        let mut rng = slope::rng::Rng::new(11);
+        let fields: Vec<Field> = (0..FEATURES)
+            .map(|c| format!("f{c}"))
+            .chain(["y".to_string()])
+            .map(|name| Field::new(name, DataType::Float32, nullable))
+            .collect();
+        let schema = Arc::new(Schema::new(fields));
+        let columns: Vec<ArrayRef> = (0..=FEATURES)
+            .map(|_| -> ArrayRef {
+                let values = (0..ROWS).map(|_| (rng.uniform() * 2e6 - 1e6) as f32);
+                Arc::new(Float32Array::from(values.collect::<Vec<_>>()))
+            })
+            .collect();
+        let batch = RecordBatch::try_new(Arc::clone(&schema), columns).unwrap();
+        let props = WriterProperties::builder()
+            .set_dictionary_enabled(false)
+            .set_compression(Compression::SNAPPY)
+            .set_max_row_group_row_count(Some(30_000))
+            .set_data_page_row_count_limit(20_000)
+            .set_data_page_size_limit(1 << 20)
+            .set_write_batch_size(1_000)
+            .build();
+        let file = std::fs::File::create(&path).unwrap();
+        let mut writer = ArrowWriter::try_new(file, schema, Some(props)).unwrap();
+        writer.write(&batch).unwrap();
+        writer.close().unwrap();
+
+        let (expected, reference) = read(&path, IoMode::Read, Decoding::Arrow, 1);
+        assert_eq!(reference.parquet, ROWS as u64);
+        for workers in [1, 2] {
+            let (blocks, counts) = read(&path, IoMode::Mmap, Decoding::Pages, workers);
+            assert_eq!(counts, DecodedRows { pages: ROWS as u64, parquet: 0 });
+            assert!(blocks == expected, "nullable {nullable}, {workers} workers: blocks differ");
+        }
+    }
+}
+
 #[test]
 fn dictionaries_other_types_and_counted_nulls_go_to_the_parquet_crate() {
     let dictionary = props().set_dictionary_enabled(true).build();
