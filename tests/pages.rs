@@ -191,8 +191,8 @@ fn page_headers_with_statistics_are_read_from_their_pages() {
 /// the page, which the page path reads where they lie in the mapped file. Pages of 20,000 rows
 /// (80 KB of values) hold two literals, so that some blocks take their values from both; in an
 /// optional column the values start after the definition levels, at an offset of their own.
-/// (Pieces that cut a value in two are decoded in `decode.rs`'s unit tests: writers put the
-/// levels' end at a multiple of four bytes from a literal's start.)
+/// (Here the levels end 8 bytes into the page, so no value is cut between two literals; pieces
+/// that cut a value in two are decoded in `decode.rs`'s unit tests.)
 #[test]
 fn incompressible_pages_are_read_where_their_literals_lie() {
     const ROWS: usize = 45_000;
