@@ -247,8 +247,9 @@ impl Decoder<'_> {
                 (cols, offset)
             })
             .collect();
-        // Where a tile's values of a column span two pieces, they are joined here.
-        let mut joined = [[0u8; TRANSPOSE_ROWS * size_of::<f32>()]; 8];
+        // Where a tile's values of a column span two pieces, they are joined here (allocated
+        // on first use: most blocks need none).
+        let mut joined: [Vec<u8>; 8] = Default::default();
         // Whether any feature may be NaN or infinite, swept tile by tile while the tile is in
         // cache; a sweep of the whole block afterwards would read it back from further away.
         let mut x_suspect = false;
@@ -579,19 +580,17 @@ fn f32_at(bytes: &[u8], i: usize) -> f32 {
 fn tile_bytes<'a>(
     pieces: &'a [Buffer],
     bytes: std::ops::Range<usize>,
-    joined: &'a mut [u8],
+    joined: &'a mut Vec<u8>,
 ) -> &'a [u8] {
     let mut runs = piece_runs(pieces, bytes.clone());
     let first = runs.next().unwrap_or_default();
     if first.len() == bytes.len() {
         return first;
     }
-    let joined = &mut joined[..bytes.len()];
-    joined[..first.len()].copy_from_slice(first);
-    let mut at = first.len();
+    joined.clear();
+    joined.extend_from_slice(first);
     for run in runs {
-        joined[at..at + run.len()].copy_from_slice(run);
-        at += run.len();
+        joined.extend_from_slice(run);
     }
     joined
 }
