@@ -31,6 +31,7 @@ use parquet::schema::types::SchemaDescriptor;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::pages::Source;
 use crate::thrift::{Compact, LIST, STRUCT};
 
 /// How shard bytes reach the decoder.
@@ -126,13 +127,13 @@ impl Shard {
         self.file.schema_descr()
     }
 
-    /// Row group `row_group`'s metadata, parsed again from the footer's bytes: in `map` (the
-    /// mapped file) where given, else read from the file. It is what the whole footer's parse
-    /// gave for that row group.
+    /// Row group `row_group`'s metadata, parsed again from the footer's bytes in `source`, the
+    /// shard's mapped file or a handle to it. It is what the whole footer's parse gave for that
+    /// row group.
     pub(crate) fn row_group_meta(
         &self,
         row_group: usize,
-        map: Option<&Bytes>,
+        source: &Source,
     ) -> Result<RowGroupMetaData> {
         if let Some(parsed) = &self.parsed {
             return Ok(parsed.row_group(row_group).clone());
@@ -144,16 +145,8 @@ impl Shard {
             columns: "its metadata in the footer".to_string(),
             source: Box::new(source),
         };
-        let range =
-            usize::try_from(entry.thrift.start).ok().zip(usize::try_from(entry.thrift.end).ok());
-        let bytes = match (map, range) {
-            (Some(map), Some((start, end))) if end <= map.len() => map.slice(start..end),
-            (Some(_), _) => return Err(failed(ParquetError::EOF("the file is shorter".into()))),
-            (None, _) => Bytes::from(
-                read_at(&self.path, entry.thrift.clone())
-                    .map_err(|e| failed(ParquetError::External(Box::new(e))))?,
-            ),
-        };
+        let bytes = read_range(source, entry.thrift.clone())
+            .map_err(|e| failed(ParquetError::External(Box::new(e))))?;
         // Bytes that changed since the shard was opened reach the parquet crate's parser here.
         let meta = crate::reader::in_parquet_crate(|| parse_row_group(&self.file, &bytes))
             .map_err(|panic| failed(ParquetError::General(panic)))?
@@ -181,15 +174,26 @@ impl Shard {
     }
 }
 
-/// `range` of the file at `path`.
-fn read_at(path: &Path, range: std::ops::Range<u64>) -> std::io::Result<Vec<u8>> {
+/// Bytes `range` of a shard: a slice of the map, or read through the handle.
+fn read_range(source: &Source, range: std::ops::Range<u64>) -> std::io::Result<Bytes> {
     use std::io::{Read, Seek, SeekFrom};
-    let mut file = File::open(path)?;
-    let mut bytes =
-        vec![0; usize::try_from(range.end - range.start).map_err(std::io::Error::other)?];
-    file.seek(SeekFrom::Start(range.start))?;
-    file.read_exact(&mut bytes)?;
-    Ok(bytes)
+    let len = usize::try_from(range.end - range.start).map_err(std::io::Error::other)?;
+    match source {
+        Source::Mapped(map) => {
+            let start = usize::try_from(range.start).map_err(std::io::Error::other)?;
+            match start.checked_add(len) {
+                Some(end) if end <= map.len() => Ok(map.slice(start..end)),
+                _ => Err(std::io::ErrorKind::UnexpectedEof.into()),
+            }
+        }
+        Source::Read(file) => {
+            let mut file: &File = file;
+            let mut bytes = vec![0; len];
+            file.seek(SeekFrom::Start(range.start))?;
+            file.read_exact(&mut bytes)?;
+            Ok(Bytes::from(bytes))
+        }
+    }
 }
 
 /// Parses one Thrift `RowGroup` struct, `bytes`, of a file whose footer is `file`: as the one
@@ -417,33 +421,22 @@ fn open_shard(path: PathBuf, io: IoMode) -> Result<Shard> {
     let file = File::open(&path).map_err(|e| Error::io(&path, "open", e))?;
     let bytes = file.metadata().map_err(|e| Error::io(&path, "read", e))?.len();
     let options = ArrowReaderOptions::new();
-    let (meta, map) = match io {
+    let (meta, source) = match io {
         IoMode::Mmap => {
             let map = map_file(&file, &path)?;
-            (ArrowReaderMetadata::load(&map, options), Some(map))
+            (ArrowReaderMetadata::load(&map, options), Source::Mapped(map))
         }
-        IoMode::Read => (ArrowReaderMetadata::load(&file, options), None),
+        IoMode::Read => (ArrowReaderMetadata::load(&file, options), Source::Read(Arc::new(file))),
     };
     let meta = meta.map_err(|source| Error::NotParquet { path: path.clone(), source })?;
     let parsed = meta.metadata();
     let schema = Arc::clone(meta.schema());
     // The parquet crate has just read the footer: its length precedes the final magic.
-    let footer_start = {
-        let tail = match &map {
-            Some(map) => map.slice(map.len() - 8..map.len() - 4).to_vec(),
-            None => {
-                read_at(&path, bytes - 8..bytes - 4).map_err(|e| Error::io(&path, "read", e))?
-            }
-        };
-        let len = u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]);
-        bytes - 8 - u64::from(len)
-    };
-    let footer = match &map {
-        Some(map) => map.slice(footer_start as usize..map.len() - 8),
-        None => Bytes::from(
-            read_at(&path, footer_start..bytes - 8).map_err(|e| Error::io(&path, "read", e))?,
-        ),
-    };
+    let read = |range| read_range(&source, range).map_err(|e| Error::io(&path, "read", e));
+    let tail = read(bytes - 8..bytes - 4)?;
+    let footer_start =
+        bytes - 8 - u64::from(u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]));
+    let footer = read(footer_start..bytes - 8)?;
     let mut largest_chunks = vec![0u64; parsed.file_metadata().schema_descr().num_columns()];
     for rg in parsed.row_groups() {
         for (largest, chunk) in largest_chunks.iter_mut().zip(rg.columns()) {
@@ -479,7 +472,7 @@ fn open_shard(path: PathBuf, io: IoMode) -> Result<Shard> {
     // the shard keeps the whole parse.
     let indexed = ranges.is_some()
         && parsed.row_groups().first().is_none_or(|first| {
-            shard.row_group_meta(0, map.as_ref()).is_ok_and(|again| &again == first)
+            shard.row_group_meta(0, &source).is_ok_and(|again| &again == first)
         });
     if !indexed {
         tracing::debug!("{}: footer kept whole", shard.path.display());
@@ -788,8 +781,11 @@ mod tests {
         writer.close().unwrap();
     }
 
-    fn map_of(shard: &Shard) -> Option<Bytes> {
-        (shard.io == IoMode::Mmap).then(|| shard.map().unwrap())
+    fn source_of(shard: &Shard) -> Source {
+        match shard.io {
+            IoMode::Mmap => Source::Mapped(shard.map().unwrap()),
+            IoMode::Read => Source::Read(Arc::new(File::open(&shard.path).unwrap())),
+        }
     }
 
     #[test]
@@ -811,9 +807,9 @@ mod tests {
                     assert!(shard.parsed.is_none(), "{rows} rows: footer indexed");
                     assert_eq!(shard.row_groups(), rows.div_ceil(group));
                     assert_eq!(shard.rows(), rows as u64);
-                    let map = map_of(&shard);
+                    let source = source_of(&shard);
                     for rg in 0..shard.row_groups() {
-                        let again = shard.row_group_meta(rg, map.as_ref()).unwrap();
+                        let again = shard.row_group_meta(rg, &source).unwrap();
                         assert_eq!(&again, whole.row_group(rg), "{rows} rows, row group {rg}");
                         let reader = shard.reader_meta(&again).unwrap();
                         assert_eq!(reader.schema(), shard.schema());
@@ -855,9 +851,9 @@ mod tests {
             let shard = open_shard(path.clone(), io).unwrap();
             // Fewer, larger row groups, and a shorter file.
             write(&path, 120, 60, EnabledStatistics::None);
-            let map = map_of(&shard);
+            let source = source_of(&shard);
             for rg in 0..shard.row_groups() {
-                if let Err(e) = shard.row_group_meta(rg, map.as_ref()) {
+                if let Err(e) = shard.row_group_meta(rg, &source) {
                     let message = e.to_string();
                     assert!(
                         message.contains("t.parquet") && message.contains("row group"),
@@ -866,7 +862,7 @@ mod tests {
                 }
             }
             let last = shard.row_groups() - 1;
-            assert!(shard.row_group_meta(last, map.as_ref()).is_err(), "{io}: row group {last}");
+            assert!(shard.row_group_meta(last, &source).is_err(), "{io}: row group {last}");
         }
     }
 }

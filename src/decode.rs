@@ -237,16 +237,6 @@ impl Decoder<'_> {
         // way a tile of rows at a time, so that the rows being written stay in cache while every
         // column adds its values, instead of each column sweeping the whole block.
         let (groups, rest) = f32_groups(&arrays, plan);
-        // Each group's value pieces, looked up once per block: a downcast per column and tile
-        // was 2 % of a `scan`'s CPU.
-        let groups: Vec<([&[Buffer]; 8], usize)> = groups
-            .iter()
-            .map(|&(first, offset)| {
-                // `f32_groups` grouped only columns that have pieces.
-                let cols = std::array::from_fn(|k| arrays[first + k].f32_pieces().unwrap_or(&[]));
-                (cols, offset)
-            })
-            .collect();
         // Where a tile's values of a column span two pieces, they are joined here (allocated
         // on first use: most blocks need none).
         let mut joined: [Vec<u8>; 8] = Default::default();
@@ -520,25 +510,34 @@ fn keep_schema(batch: &RecordBatch, keep: &[String]) -> std::sync::Arc<arrow_sch
     std::sync::Arc::new(arrow_schema::Schema::new(fields))
 }
 
-/// Splits the feature columns into runs of eight adjacent plain `f32` columns, returned as
-/// `(first column index, row offset)`, and the other columns' indices.
-fn f32_groups(arrays: &[Column], plan: &ColumnPlan) -> (Vec<(usize, usize)>, Vec<usize>) {
+/// Eight adjacent plain `f32` columns: their value pieces, and the row offset of the first.
+type Group<'b> = ([&'b [Buffer]; 8], usize);
+
+/// Splits the feature columns into runs of eight adjacent plain `f32` columns, returned as their
+/// value pieces and row offset, and the other columns' indices. The pieces are looked up once
+/// per block: a downcast per column and tile was 2 % of a `scan`'s CPU.
+fn f32_groups<'b>(arrays: &[Column<'b>], plan: &ColumnPlan) -> (Vec<Group<'b>>, Vec<usize>) {
     let plain = |i: usize| {
-        plan.features[i].width == 1 && !plan.features[i].list && arrays[i].f32_pieces().is_some()
+        let scalar = plan.features[i].width == 1 && !plan.features[i].list;
+        arrays[i].f32_pieces().filter(|_| scalar)
     };
     let mut groups = Vec::new();
     let mut rest = Vec::new();
     let mut i = 0;
     while i < arrays.len() {
-        let run = (i..arrays.len().min(i + 8))
-            .take_while(|&k| plain(k) && plan.offsets[k] == plan.offsets[i] + (k - i))
-            .count();
-        if run == 8 {
-            groups.push((i, plan.offsets[i]));
-            i += 8;
-        } else {
-            rest.push(i);
-            i += 1;
+        let run: Vec<&[Buffer]> = (i..arrays.len().min(i + 8))
+            .take_while(|&k| plan.offsets[k] == plan.offsets[i] + (k - i))
+            .map_while(plain)
+            .collect();
+        match <[&[Buffer]; 8]>::try_from(run) {
+            Ok(columns) => {
+                groups.push((columns, plan.offsets[i]));
+                i += 8;
+            }
+            Err(_) => {
+                rest.push(i);
+                i += 1;
+            }
         }
     }
     (groups, rest)

@@ -363,9 +363,7 @@ impl Worker {
         };
         let mut first_row = 0;
         while let Some(batch) = reader.next() {
-            let batch = batch.map_err(|e| {
-                decode_failure(shard, &self.plan, (unit.row_group, &reader.meta), e)
-            })?;
+            let batch = batch.map_err(|e| decode_failure(&reader, e))?;
             let count =
                 if reader.reading_pages() { &self.counts.pages } else { &self.counts.parquet };
             count.fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
@@ -390,6 +388,8 @@ pub(crate) struct RowGroupBatches<'a> {
     row_group: usize,
     /// The row group's metadata, parsed again from the footer ([`Shard::row_group_meta`]).
     meta: RowGroupMetaData,
+    /// The shard's bytes, for the metadata, the page path and the parquet crate's reader alike.
+    bytes: Source,
     batch_rows: usize,
     source: BatchSource,
 }
@@ -429,6 +429,7 @@ impl Iterator for RowGroupBatches<'_> {
                             shard,
                             plan,
                             (self.row_group, &self.meta),
+                            &self.bytes,
                             self.batch_rows,
                             skip,
                         ) {
@@ -463,20 +464,17 @@ pub(crate) fn open_row_group<'a>(
     batch_rows: usize,
     decoder: Decoding,
 ) -> Result<RowGroupBatches<'a>> {
-    let map = match shard.io {
-        IoMode::Mmap => Some(shard.map()?),
-        IoMode::Read => None,
-    };
-    let meta = shard.row_group_meta(row_group, map.as_ref())?;
-    let pages = match (decoder, map) {
-        (Decoding::Arrow, _) => None,
-        (Decoding::Pages, Some(map)) => {
-            PlainPages::open(shard, plan, &meta, batch_rows, &Source::Mapped(map))
-        }
-        (Decoding::Pages, None) => {
+    let bytes = match shard.io {
+        IoMode::Mmap => Source::Mapped(shard.map()?),
+        IoMode::Read => {
             let file = File::open(&shard.path).map_err(|e| Error::io(&shard.path, "open", e))?;
-            PlainPages::open(shard, plan, &meta, batch_rows, &Source::Read(Arc::new(file)))
+            Source::Read(Arc::new(file))
         }
+    };
+    let meta = shard.row_group_meta(row_group, &bytes)?;
+    let pages = match decoder {
+        Decoding::Arrow => None,
+        Decoding::Pages => PlainPages::open(shard, plan, &meta, batch_rows, &bytes),
     };
     let source = match pages {
         Some(pages) => BatchSource::Pages(pages),
@@ -484,19 +482,21 @@ pub(crate) fn open_row_group<'a>(
             shard,
             plan,
             (row_group, &meta),
+            &bytes,
             batch_rows,
             0,
         )?),
     };
-    Ok(RowGroupBatches { shard, plan, row_group, meta, batch_rows, source })
+    Ok(RowGroupBatches { shard, plan, row_group, meta, bytes, batch_rows, source })
 }
 
-/// The parquet crate's reader of one row group (its index and metadata) with the plan's columns
-/// only, from row `skip`.
+/// The parquet crate's reader of one row group (its index and metadata) of the shard's `bytes`
+/// with the plan's columns only, from row `skip`.
 fn open_arrow_row_group(
     shard: &Shard,
     plan: &ColumnPlan,
     (row_group, meta): (usize, &RowGroupMetaData),
+    bytes: &Source,
     batch_rows: usize,
     skip: usize,
 ) -> Result<ParquetRecordBatchReader> {
@@ -512,9 +512,9 @@ fn open_arrow_row_group(
         source: Box::new(e),
     };
     let meta = shard.reader_meta(meta).map_err(failed)?;
-    let built = match shard.io {
-        IoMode::Mmap => build_reader(shard.map()?, meta, mask, batch_rows, selection),
-        IoMode::Read => {
+    let built = match bytes {
+        Source::Mapped(map) => build_reader(map.clone(), meta, mask, batch_rows, selection),
+        Source::Read(_) => {
             // The parquet crate's `File` reader seeks a shared handle, so each reader opens its
             // own.
             let file = File::open(&shard.path).map_err(|e| Error::io(&shard.path, "open", e))?;
@@ -550,15 +550,12 @@ fn describe_columns(plan: &ColumnPlan) -> String {
 
 /// Builds the error for a row group that failed to decode. Only on this path, each column is
 /// decoded on its own to find which one is broken, so the message can name it.
-fn decode_failure(
-    shard: &Shard,
-    plan: &ColumnPlan,
-    (row_group, meta): (usize, &RowGroupMetaData),
-    error: arrow_schema::ArrowError,
-) -> Error {
+fn decode_failure(batches: &RowGroupBatches, error: arrow_schema::ArrowError) -> Error {
+    let (shard, plan, row_group) = (batches.shard, batches.plan, batches.row_group);
     let culprit = plan.read_columns().find(|&name| {
         let single = ColumnPlan::single(name);
-        match open_arrow_row_group(shard, &single, (row_group, meta), DEFAULT_BLOCK_ROWS, 0) {
+        let at = (row_group, &batches.meta);
+        match open_arrow_row_group(shard, &single, at, &batches.bytes, DEFAULT_BLOCK_ROWS, 0) {
             Ok(reader) => {
                 in_parquet_crate(|| reader.into_iter().any(|b| b.is_err())).unwrap_or(true)
             }
