@@ -33,8 +33,8 @@ const NORMAL_ROWS: usize = DEFAULT_BLOCK_ROWS;
 
 /// Rows pushed through the shuffle buffer per iteration: twice its capacity, so that half the
 /// rows fill it and half evict a resident row, and the drain then empties it.
-const SHUFFLE_ROWS: usize = 65_536;
-const SHUFFLE_CAPACITY: usize = 32_768;
+const SHUFFLE_ROWS: usize = 524_288;
+const SHUFFLE_CAPACITY: usize = 131_072;
 const SHUFFLE_BATCH: usize = 1024;
 
 /// Seeded rows in the layout the kernels take: `x` is `rows × d`, row after row.

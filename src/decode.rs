@@ -138,7 +138,8 @@ impl<'b> Column<'b> {
         }
     }
 
-    /// Writes rows `rows` into the row-major buffer `out`, `width` values a row at `offset`.
+    /// Writes rows `rows` into the row-major buffer `out`, which holds those rows and no
+    /// others, `width` values a row at `offset`.
     fn write(
         self,
         out: &mut [f32],
@@ -164,7 +165,8 @@ pub struct Block {
     pub seq: usize,
     /// Number of rows held.
     pub rows: usize,
-    /// Features, `rows × d`, row after row.
+    /// Features, `rows × d`, row after row; empty when every row was summed into
+    /// [`Block::sums`] as it was decoded, since nothing reads such rows again.
     pub x: Vec<f32>,
     /// Target values, one per row; empty when the plan has no target.
     pub y: Vec<f32>,
@@ -197,9 +199,6 @@ impl Decoder<'_> {
         let d = plan.d;
         block.rows = rows;
         block.skipped = 0;
-        // Every element is overwritten below, so a recycled block keeps its old contents rather
-        // than paying to zero them.
-        block.x.resize(rows * d, 0.0);
         block.y.clear();
         let mut bad: Vec<bool> = Vec::new();
 
@@ -230,6 +229,14 @@ impl Decoder<'_> {
         // `summed` on are summed at the end. Either way the chunks start at the same rows.
         let mut fused = self.sums.filter(|_| bad.is_empty() && self.split.is_none());
         let mut summed = 0;
+        // While each tile is summed as soon as it is decoded, no row is read again, so every
+        // tile is decoded into the block's first tile, which stays in the cache, rather than to
+        // its own rows: a block costs no writes to memory. Once a tile cannot be summed so (a
+        // value to check), it and the rows after it go to their own rows.
+        let mut in_place = fused.is_some() && target.is_some() && TRANSPOSE_ROWS == SUMS_CHUNK_ROWS;
+        // Every element in use is overwritten below, so a recycled block keeps its old
+        // contents rather than paying to zero them.
+        block.x.resize(if in_place { rows.min(TRANSPOSE_ROWS) } else { rows } * d, 0.0);
         // Rows whose target is written.
         let mut y_done = 0;
         // Runs of eight plain `f32` columns at adjacent offsets (the common case) are transposed
@@ -248,6 +255,8 @@ impl Decoder<'_> {
             let range = start..(start + TRANSPOSE_ROWS).min(rows);
             let chunk_end = range.end == rows || range.end.is_multiple_of(SUMS_CHUNK_ROWS);
             let bytes = range.start * size_of::<f32>()..range.end * size_of::<f32>();
+            // Where this tile's rows are written.
+            let at = if in_place { 0..range.len() * d } else { range.start * d..range.end * d };
             for (columns, offset) in &groups {
                 let mut k = 0;
                 let cols = joined.each_mut().map(|buf| {
@@ -255,13 +264,13 @@ impl Decoder<'_> {
                     k += 1;
                     col
                 });
-                transpose8(cols, &mut block.x[range.start * d..range.end * d], d, *offset);
+                transpose8(cols, &mut block.x[at.clone()], d, *offset);
             }
             for &i in &rest {
                 let (col, offset) = (&plan.features[i], plan.offsets[i]);
-                arrays[i].write(&mut block.x, d, offset, col.width, range.clone());
+                arrays[i].write(&mut block.x[at.clone()], d, offset, col.width, range.clone());
             }
-            let tile = &mut block.x[range.start * d..range.end * d];
+            let tile = &mut block.x[at.clone()];
             if !x_suspect && any_non_finite(tile) {
                 // This tile and the rest are standardised after the slow check below, which
                 // must see their values as stored.
@@ -275,28 +284,37 @@ impl Decoder<'_> {
             }
             if let (Some(sums), Some(target), true) = (fused, target, chunk_end) {
                 let chunk = summed..range.end;
-                target.write(&mut block.y, 1, 0, 1, chunk.clone());
+                target.write(&mut block.y[chunk.clone()], 1, 0, 1, chunk.clone());
                 y_done = chunk.end;
                 if x_suspect || any_non_finite(&block.y[chunk.clone()]) {
                     // The slow check below decides which rows stay.
                     fused = None;
                 } else {
-                    sums.add(
-                        &block.x[chunk.start * d..chunk.end * d],
-                        &block.y[chunk.clone()],
-                        &mut block.sums,
-                    );
+                    // In place, the chunk is this tile.
+                    debug_assert!(!in_place || chunk == range);
+                    let x = if in_place { at.clone() } else { chunk.start * d..chunk.end * d };
+                    sums.add(&block.x[x], &block.y[chunk.clone()], &mut block.sums);
                     summed = chunk.end;
                 }
             }
+            if in_place && fused.is_none() {
+                block.x.resize(rows * d, 0.0);
+                block.x.copy_within(at, range.start * d);
+                in_place = false;
+            }
         }
         if let Some(target) = target {
-            target.write(&mut block.y, 1, 0, 1, y_done..rows);
+            target.write(&mut block.y[y_done..rows], 1, 0, 1, y_done..rows);
         }
         if x_suspect || any_non_finite(&block.y[summed..]) {
             self.find_non_finite(block, first_row, x_checked, &mut bad)?;
         }
-        if let Some(affine) = self.transform {
+        if in_place {
+            // Every row was summed as it was decoded, so none is left to check, standardise or
+            // read.
+            debug_assert_eq!((summed, x_checked), (rows, rows));
+            block.x.clear();
+        } else if let Some(affine) = self.transform {
             // Rows that are then dropped are standardised for nothing, which is harmless.
             affine.apply(&mut block.x[x_checked * d..]);
         }
@@ -606,7 +624,7 @@ fn piece_runs(pieces: &[Buffer], bytes: std::ops::Range<usize>) -> impl Iterator
 }
 
 /// Writes rows `rows` of a plain `f32` column held in `pieces` into `offset` of each
-/// `stride`-long row of `out`. A value may be cut between two pieces.
+/// `stride`-long row of `out`, which holds those rows. A value may be cut between two pieces.
 fn write_pieces(
     pieces: &[Buffer],
     out: &mut [f32],
@@ -614,8 +632,7 @@ fn write_pieces(
     offset: usize,
     rows: std::ops::Range<usize>,
 ) {
-    let mut dst =
-        out[rows.start * stride..rows.end * stride].iter_mut().skip(offset).step_by(stride);
+    let mut dst = out[..rows.len() * stride].iter_mut().skip(offset).step_by(stride);
     let mut put = |v: [u8; 4]| {
         if let Some(dst) = dst.next() {
             *dst = f32::from_ne_bytes(v);
@@ -762,7 +779,8 @@ fn scatter<T: ToF32>(values: &[T], out: &mut [f32], stride: usize, offset: usize
 }
 
 /// Writes rows `rows` of a numeric (or fixed-size list of numeric) column into the row-major
-/// buffer `out`. The plan was checked against the schema, so other types cannot reach here.
+/// buffer `out`, which holds those rows. The plan was checked against the schema, so other
+/// types cannot reach here.
 fn write_feature(
     array: &ArrayRef,
     out: &mut [f32],
@@ -780,7 +798,7 @@ fn write_feature(
     };
     let from = start + rows.start * width;
     let to = start + rows.end * width;
-    let out = &mut out[rows.start * stride..rows.end * stride];
+    let out = &mut out[..rows.len() * stride];
     macro_rules! go {
         ($t:ty) => {
             scatter(&values.as_primitive::<$t>().values()[from..to], out, stride, offset, width)
@@ -971,7 +989,16 @@ mod tests {
                 sums: Some(&log),
             };
             let mut block = Block { sums: vec![7.0], ..Block::default() };
-            decoder.decode(&Batch::Arrow(batch), 0, &mut block).unwrap();
+            decoder.decode(&Batch::Arrow(batch.clone()), 0, &mut block).unwrap();
+            // The same rows decoded without sums: the rows the runs must have seen.
+            let mut reference = Block::default();
+            Decoder { sums: None, ..decoder }
+                .decode(&Batch::Arrow(batch), 0, &mut reference)
+                .unwrap();
+            assert_eq!((block.rows, block.skipped), (reference.rows, reference.skipped));
+            if case == 0 {
+                assert!(block.x.is_empty(), "every row was summed as it was decoded");
+            }
             let mut seen = Vec::new();
             let mut at = 0;
             while at < block.sums.len() {
@@ -984,11 +1011,11 @@ mod tests {
                 seen.extend_from_slice(&block.sums[at + 2..at + 2 + 10 * len]);
                 at += 2 + 10 * len;
             }
-            let kept: Vec<f64> = block
+            let kept: Vec<f64> = reference
                 .x
                 .chunks_exact(9)
-                .zip(&block.y)
-                .take(block.rows)
+                .zip(&reference.y)
+                .take(reference.rows)
                 .flat_map(|(row, t)| row.iter().chain([t]).map(|&v| f64::from(v)))
                 .collect();
             assert_eq!(seen, kept, "case {case}");
@@ -1067,7 +1094,10 @@ mod tests {
             2 => vec![tile - 4, 2 * tile + 1],
             _ => (1..rows * 4).step_by(997 + c).collect(),
         };
-        for transform in [None, Some(&affine)] {
+        // With sums, the rows are summed as they are decoded and the log holds them; without,
+        // the block does.
+        let settings = [None, Some(&affine)].into_iter().flat_map(|t| [(t, Some(&log)), (t, None)]);
+        for (transform, sums) in settings {
             let decoder = Decoder {
                 plan: &plan,
                 on_invalid: OnInvalid::Error,
@@ -1075,7 +1105,7 @@ mod tests {
                 split: None,
                 path: Path::new("t.parquet"),
                 row_group: 0,
-                sums: Some(&log),
+                sums,
             };
             let mut want = Block::default();
             decoder.decode(&Batch::Arrow(batch.clone()), 0, &mut want).unwrap();
@@ -1091,6 +1121,10 @@ mod tests {
             assert_eq!((got.rows, &got.x, &got.y), (want.rows, &want.x, &want.y));
             let bits = |v: &[f64]| v.iter().map(|s| s.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&got.sums), bits(&want.sums));
+            assert_eq!(
+                got.sums.len(),
+                sums.map_or(0, |_| rows * 10 + rows.div_ceil(TRANSPOSE_ROWS))
+            );
         }
     }
 }
