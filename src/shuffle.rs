@@ -103,8 +103,9 @@ pub struct BatchWriter<F> {
 }
 
 impl<E, F: FnMut(Batch) -> Result<Batch, E>> BatchWriter<F> {
+    /// A writer of batches of `size` rows (a size of 0 is taken as 1), filling `batch` first.
     pub fn new(batch: Batch, size: usize, emit: F) -> Self {
-        BatchWriter { batch, size, emit }
+        BatchWriter { batch, size: size.max(1), emit }
     }
 
     #[inline]
@@ -124,7 +125,7 @@ impl<E, F: FnMut(Batch) -> Result<Batch, E>> BatchWriter<F> {
     #[inline]
     fn room(&mut self, d: usize) -> (&mut [f32], &mut [f32]) {
         let batch = &mut self.batch;
-        if batch.targets.len() < self.size {
+        if batch.targets.len() < self.size || batch.data.len() < self.size * d {
             batch.targets.resize(self.size, 0.0);
             batch.data.resize(self.size * d, 0.0);
         }
@@ -750,6 +751,21 @@ mod tests {
         let batches = shuffled(100, 16, 32, 1);
         let sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
         assert_eq!(sizes, [32, 32, 32, 4]);
+    }
+
+    #[test]
+    fn a_batch_size_of_zero_is_one() {
+        let mut sizes = Vec::new();
+        let mut writer = BatchWriter::new(Batch::default(), 0, |b: Batch| {
+            sizes.push(b.rows);
+            Ok::<_, ()>(Batch::default())
+        });
+        let mut buffer = ShuffleBuffer::new(2, 3, 1, 0);
+        let x: Vec<f32> = (0..20).map(|i| i as f32).collect();
+        buffer.push_rows(&x, &x[..10], &mut writer).unwrap();
+        buffer.drain(&mut writer).unwrap();
+        writer.finish().unwrap();
+        assert_eq!(sizes, [1; 10]);
     }
 
     #[test]
