@@ -14,9 +14,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::dataset::{ColumnPlan, Dataset};
 use crate::error::{Error, Result};
-use crate::kernel::predict_rows;
+use crate::kernel::{dot_f64, predict_rows};
 use crate::model::{Model, write_via_temporary};
-use crate::reader::{BlockStream, ReadOptions};
+use crate::reader::{BlockStream, BlockSums, ReadOptions};
 
 /// Regression metrics of a model on a dataset.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -31,7 +31,69 @@ pub struct Metrics {
     pub skipped: u64,
 }
 
-/// Streams `dataset` and measures `model` against its target column.
+/// What the metrics are computed from, over a run of rows: the count, `Σ e²` and `Σ |e|` of the
+/// errors `e = prediction − target`, and the target's mean and sum of squared deviations from
+/// it. Runs are merged with Chan's update, so that no run's deviations are taken from another
+/// run's mean.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Moments {
+    rows: f64,
+    sse: f64,
+    sae: f64,
+    mean: f64,
+    m2: f64,
+}
+
+impl Moments {
+    const LEN: usize = 5;
+
+    /// The moments of rows `x` (`rows × d`) with targets `y`, predicted with `w` and `b`
+    /// exactly as `predict` does.
+    fn of_rows(x: &[f32], y: &[f32], w: &[f64], b: f64) -> Moments {
+        let d = w.len();
+        let (mut sse, mut sae, mut sum) = (0.0, 0.0, 0.0);
+        for (i, &t) in y.iter().enumerate() {
+            let p = if d == 0 { b } else { b + dot_f64(w, &x[i * d..(i + 1) * d]) };
+            let e = p - f64::from(t);
+            sse += e * e;
+            sae += e.abs();
+            sum += f64::from(t);
+        }
+        let rows = y.len() as f64;
+        let mean = if y.is_empty() { 0.0 } else { sum / rows };
+        let m2 = y.iter().map(|&t| (f64::from(t) - mean).powi(2)).sum();
+        Moments { rows, sse, sae, mean, m2 }
+    }
+
+    fn merge(&mut self, other: &Moments) {
+        let rows = self.rows + other.rows;
+        if other.rows == 0.0 {
+            return;
+        }
+        let delta = other.mean - self.mean;
+        self.mean += delta * other.rows / rows;
+        self.m2 += other.m2 + delta * delta * self.rows * other.rows / rows;
+        self.sse += other.sse;
+        self.sae += other.sae;
+        self.rows = rows;
+    }
+
+    /// A block's moments as its decode worker left them in `Block::sums` (empty: no rows).
+    fn from_sums(sums: &[f64]) -> Moments {
+        match *sums {
+            [rows, sse, sae, mean, m2] => Moments { rows, sse, sae, mean, m2 },
+            _ => Moments::default(),
+        }
+    }
+
+    fn write(&self, out: &mut [f64]) {
+        out.copy_from_slice(&[self.rows, self.sse, self.sae, self.mean, self.m2]);
+    }
+}
+
+/// Streams `dataset` and measures `model` against its target column. The decode workers compute
+/// each block's moments as they decode it (`reader::BlockSums`); blocks are merged in order, so
+/// the metrics do not depend on the thread count.
 pub fn evaluate(dataset: Arc<Dataset>, model: &Model, options: &ReadOptions) -> Result<Metrics> {
     let plan = Arc::new(ColumnPlan::for_model(
         &dataset,
@@ -39,45 +101,37 @@ pub fn evaluate(dataset: Arc<Dataset>, model: &Model, options: &ReadOptions) -> 
         Some(model.target.clone()),
         Vec::new(),
     )?);
-    let mut stream = BlockStream::start(Arc::clone(&dataset), plan, dataset.units(), options)?;
-    let mut pred = Vec::new();
-    let (mut n, mut sse, mut sae, mut skipped) = (0u64, 0.0f64, 0.0f64, 0u64);
-    // Running mean and sum of squared deviations of the target (Chan's update per block).
-    let (mut y_mean, mut y_m2) = (0.0f64, 0.0f64);
+    let (w, b): (Arc<[f64]>, f64) = (model.weights.as_slice().into(), model.bias);
+    let sums = BlockSums::new(move |x, y, out| {
+        if out.len() != Moments::LEN {
+            out.clear();
+            out.resize(Moments::LEN, 0.0);
+        }
+        let mut block = Moments::from_sums(out);
+        block.merge(&Moments::of_rows(x, y, &w, b));
+        block.write(out);
+    });
+    let options = ReadOptions { sums: Some(sums), ..options.clone() };
+    let mut stream = BlockStream::start(Arc::clone(&dataset), plan, dataset.units(), &options)?;
+    let mut total = Moments::default();
+    let mut skipped = 0u64;
     let recycle = stream.recycler();
     for block in &mut stream {
         let block = block?;
         skipped += block.skipped as u64;
-        predict_rows(&block.x, &model.weights, model.bias, &mut pred);
-        let mut block_sum = 0.0;
-        for (p, &y) in pred.iter().zip(&block.y) {
-            let e = p - f64::from(y);
-            sse += e * e;
-            sae += e.abs();
-            block_sum += f64::from(y);
-        }
-        let nb = block.rows as f64;
-        if nb > 0.0 {
-            let block_mean = block_sum / nb;
-            let block_m2: f64 = block.y.iter().map(|&y| (f64::from(y) - block_mean).powi(2)).sum();
-            let na = n as f64;
-            let delta = block_mean - y_mean;
-            y_mean += delta * nb / (na + nb);
-            y_m2 += block_m2 + delta * delta * na * nb / (na + nb);
-            n += block.rows as u64;
-        }
+        total.merge(&Moments::from_sums(&block.sums));
         recycle.give(block);
     }
-    if n == 0 {
+    if total.rows == 0.0 {
         return Err(Error::NoRows { input: dataset.describe(), purpose: "evaluate" });
     }
-    let mse = sse / n as f64;
+    let mse = total.sse / total.rows;
     Ok(Metrics {
-        rows: n,
+        rows: total.rows as u64,
         mse,
         rmse: mse.sqrt(),
-        mae: sae / n as f64,
-        r2: if y_m2 > 0.0 { 1.0 - sse / y_m2 } else { f64::NAN },
+        mae: total.sae / total.rows,
+        r2: if total.m2 > 0.0 { 1.0 - total.sse / total.m2 } else { f64::NAN },
         skipped,
     })
 }

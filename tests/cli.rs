@@ -227,6 +227,64 @@ fn predict_writes_kept_columns_then_predictions_that_match_the_model_file() {
     }
 }
 
+#[test]
+fn evaluate_matches_metrics_computed_row_by_row_whatever_the_threads_and_reader() {
+    // Two shards of 2,500 rows: each block has several 512-row chunks, whose moments the decode
+    // workers merge, and the blocks are merged after.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let generate = ["generate", "--rows", "5000", "--features", "4", "--shards", "2", "--out"];
+    run_ok(&[&generate[..], &[path_arg(&data)]].concat());
+    let train = data.join("train");
+    let model = dir.path().join("model.json");
+    // One epoch of sgd leaves errors far from zero, so that MAE and R² are not trivial.
+    let fit = ["train", path_arg(&train), "--target", "y", "--algo", "sgd", "--epochs", "1"];
+    run_ok(&[&fit[..], &["--model", path_arg(&model)]].concat());
+    let json: Value = serde_json::from_str(&std::fs::read_to_string(&model).unwrap()).unwrap();
+    let weights: Vec<f64> =
+        json["weights"].as_array().unwrap().iter().map(|w| w.as_f64().unwrap()).collect();
+    let bias = number(&json, "bias");
+
+    let (mut errors, mut targets) = (Vec::new(), Vec::new());
+    let mut shards: Vec<PathBuf> =
+        std::fs::read_dir(&train).unwrap().map(|e| e.unwrap().path()).collect();
+    shards.sort();
+    for batch in shards.iter().flat_map(|shard| read_parquet(shard)) {
+        let y = batch["y"].as_primitive::<Float32Type>();
+        for r in 0..batch.num_rows() {
+            let mut prediction = bias;
+            for (j, w) in weights.iter().enumerate() {
+                prediction += w * f64::from(
+                    batch[format!("f{j}").as_str()].as_primitive::<Float32Type>().value(r),
+                );
+            }
+            errors.push(prediction - f64::from(y.value(r)));
+            targets.push(f64::from(y.value(r)));
+        }
+    }
+    let n = errors.len() as f64;
+    let mse = errors.iter().map(|e| e * e).sum::<f64>() / n;
+    let mae = errors.iter().map(|e| e.abs()).sum::<f64>() / n;
+    let mean = targets.iter().sum::<f64>() / n;
+    let r2 = 1.0 - mse * n / targets.iter().map(|t| (t - mean).powi(2)).sum::<f64>();
+
+    let evaluate = |extra: &[&str]| -> Value {
+        let args =
+            [&["evaluate", path_arg(&model), path_arg(&train), "--json"][..], extra].concat();
+        serde_json::from_str(&run_ok(&args)).expect("evaluate --json prints JSON")
+    };
+    let metrics = evaluate(&["--threads", "1"]);
+    assert_eq!(metrics["rows"].as_u64(), Some(5000));
+    for (key, want) in [("mse", mse), ("mae", mae), ("r2", r2)] {
+        let got = number(&metrics, key);
+        assert!((got - want).abs() <= 1e-12 * want.abs(), "{key}: {got} against {want}");
+    }
+    assert!(mae > 1e-3 && r2 < 0.999_999, "the check needs errors of some size: {metrics}");
+    for extra in [&["--threads", "2"][..], &["--decoder", "arrow"], &["--io", "read"]] {
+        assert_eq!(evaluate(extra), metrics, "{extra:?}");
+    }
+}
+
 /// Reads every record batch of a Parquet file.
 fn read_parquet(path: &Path) -> Vec<RecordBatch> {
     let file = File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
