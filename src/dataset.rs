@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::pages::Source;
-use crate::thrift::{Compact, LIST, STRUCT};
+use crate::thrift::{Compact, LIST, STRUCT, write_varint};
 
 /// How shard bytes reach the decoder.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -204,9 +204,9 @@ fn parse_row_group(file: &FileMetaData, bytes: &[u8]) -> parquet::errors::Result
     let mut footer = Vec::with_capacity(bytes.len() + 24);
     // Field 1, an i32 (type 5), then field 3 (delta 2), an i64 (type 6).
     footer.push(0x15);
-    varint(zigzag(i64::from(file.version())), &mut footer);
+    write_varint(zigzag(i64::from(file.version())), &mut footer);
     footer.push(0x26);
-    varint(zigzag(file.num_rows()), &mut footer);
+    write_varint(zigzag(file.num_rows()), &mut footer);
     // Field 4 (delta 1), a list (type 9) of one struct (type 12), then the struct's end.
     footer.extend_from_slice(&[0x19, 0x1C]);
     footer.extend_from_slice(bytes);
@@ -218,14 +218,6 @@ fn parse_row_group(file: &FileMetaData, bytes: &[u8]) -> parquet::errors::Result
         (Some(row_group), true) => Ok(row_group),
         _ => Err(ParquetError::General("not one row group".into())),
     }
-}
-
-fn varint(mut v: u64, out: &mut Vec<u8>) {
-    while v >= 0x80 {
-        out.push(v as u8 | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
 }
 
 /// Where each row group's `RowGroup` struct lies in `footer`, a Thrift `FileMetaData`; `None`
@@ -434,8 +426,11 @@ fn open_shard(path: PathBuf, io: IoMode) -> Result<Shard> {
     // The parquet crate has just read the footer: its length precedes the final magic.
     let read = |range| read_range(&source, range).map_err(|e| Error::io(&path, "read", e));
     let tail = read(bytes - 8..bytes - 4)?;
-    let footer_start =
-        bytes - 8 - u64::from(u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]));
+    let footer_len = u64::from(u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]));
+    // A file that changed since the parquet crate read it may no longer hold its footer.
+    let footer_start = (bytes - 8).checked_sub(footer_len).ok_or_else(|| {
+        Error::io(&path, "read", std::io::Error::from(std::io::ErrorKind::UnexpectedEof))
+    })?;
     let footer = read(footer_start..bytes - 8)?;
     let mut largest_chunks = vec![0u64; parsed.file_metadata().schema_descr().num_columns()];
     for rg in parsed.row_groups() {

@@ -331,20 +331,9 @@ impl LiteralRuns {
     /// well-formed stream of literals only, of exactly that length; anything else (a copy, a
     /// damaged length) is left to the decompressor, which decides what is wrong with it.
     fn parse(stream: &Bytes, size: usize) -> Option<LiteralRuns> {
-        let mut at = 0;
-        let mut declared = 0u64;
-        for shift in (0..35).step_by(7) {
-            let byte = *stream.get(at)?;
-            at += 1;
-            declared |= u64::from(byte & 0x7f) << shift;
-            if byte & 0x80 == 0 {
-                break;
-            }
-            if shift == 28 {
-                return None;
-            }
-        }
-        if declared != size as u64 {
+        // The decompressed length leads the stream, as a varint of at most five bytes.
+        let (declared, mut at) = uleb128(stream)?;
+        if at > 5 || declared != size as u64 {
             return None;
         }
         let (mut runs, mut starts, mut len) = (Vec::new(), Vec::new(), 0usize);

@@ -1,6 +1,7 @@
 //! Thrift's compact protocol, read as far as slope needs it: the page headers of the page path
-//! (`pages.rs`) and the row-group list of a footer (`dataset.rs`). The parquet crate parses
-//! both too, but keeps its readers private.
+//! (`pages.rs`) and the row-group list of a footer (`dataset.rs`), and the varint that wraps a
+//! lone row group into a footer again. The parquet crate parses both too, but keeps its readers
+//! private.
 
 // Thrift compact protocol type codes.
 pub(crate) const TRUE: u8 = 1;
@@ -105,6 +106,15 @@ impl Compact<'_> {
         }
         (self.at <= self.bytes.len()).then_some(())
     }
+}
+
+/// Appends `v` as an unsigned LEB128 number, the compact protocol's varint.
+pub(crate) fn write_varint(mut v: u64, out: &mut Vec<u8>) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
 }
 
 /// An unsigned LEB128 number and the bytes it took.
