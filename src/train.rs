@@ -884,7 +884,9 @@ impl Trainer<'_> {
     fn stochastic_epoch(&mut self, epoch: usize) -> Result<EpochSums> {
         let config = self.config;
         let order = epoch_order(&self.units, config.seed, epoch as u64, config.shuffle);
-        let blocks = self.stream(order, &self.read)?;
+        let read =
+            ReadOptions { workers: ShuffleOn::decode_workers(config.threads), ..self.read.clone() };
+        let blocks = self.stream(order, &read)?;
         let per_row = config.algorithm == Algorithm::Sgd;
         let batch_rows = if per_row { SGD_TRANSFER_ROWS } else { config.batch_size };
         let capacity = if config.shuffle { config.shuffle_buffer } else { 0 };

@@ -102,7 +102,8 @@ pub struct TrainArgs {
     /// Where to write the model [default: model.json].
     #[arg(long, value_name = "PATH")]
     model: Option<PathBuf>,
-    /// Threads for decoding and gradients [default: the number of cores].
+    /// Threads to keep busy: decode workers and gradients; for minibatch and sgd one of them
+    /// runs the shuffle [default: the number of cores].
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
     /// Read shards through a memory map or with buffered reads [default: mmap].
